@@ -1,0 +1,38 @@
+# Everything a fresh machine needs, from scratch: `make test`, `make example`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: setup system-deps lint test example clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# h5dump (Debian's hdf5-tools, HDF5 1.10) checks that our files open in old tools.
+system-deps:
+	@command -v h5dump >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools >/dev/null; \
+	  else echo "note: install hdf5-tools (h5dump) to run the h5dump compatibility tests"; fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest
+
+example: $(STAMP)
+	$(BIN)/python examples/local_quickstart.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,78 @@
+"""trajstore: store the trajectories of JAX simulations, locally or on a central store.
+
+The local API is that of ``kups.core.storage``::
+
+    from trajstore import HDF5StorageWriter, WriterGroupConfig, EveryNStep, view
+
+Names are imported lazily, so that parts which do not need JAX (the HDF5
+core, the storage server) can be used without importing it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # what to log and when
+    "Logger",
+    "LoggingFrequency",
+    "Once",
+    "EveryNStep",
+    "Compression",
+    "WriterGroupConfig",
+    "view",
+    # local files
+    "HDF5StorageWriter",
+    "HDF5StorageReader",
+    "GroupReader",
+    "BackgroundWriter",
+    "Hdf5ObjWriter",
+    "GroupWriters",
+    # errors
+    "TrajstoreError",
+]
+
+_LOCATIONS = {
+    "Logger": "trajstore.config",
+    "WriterGroupConfig": "trajstore.config",
+    "LoggingFrequency": "trajstore.frequency",
+    "Once": "trajstore.frequency",
+    "EveryNStep": "trajstore.frequency",
+    "Compression": "trajstore.compression",
+    "view": "trajstore.pytree",
+    "HDF5StorageWriter": "trajstore.local",
+    "HDF5StorageReader": "trajstore.local",
+    "GroupReader": "trajstore.reading",
+    "BackgroundWriter": "trajstore.store.background",
+    "Hdf5ObjWriter": "trajstore.store.writer",
+    "GroupWriters": "trajstore.groups",
+    "TrajstoreError": "trajstore.errors",
+}
+
+if TYPE_CHECKING:
+    from trajstore.compression import Compression
+    from trajstore.config import Logger, WriterGroupConfig
+    from trajstore.errors import TrajstoreError
+    from trajstore.frequency import EveryNStep, LoggingFrequency, Once
+    from trajstore.groups import GroupWriters
+    from trajstore.local import HDF5StorageReader, HDF5StorageWriter
+    from trajstore.pytree import view
+    from trajstore.reading import GroupReader
+    from trajstore.store.background import BackgroundWriter
+    from trajstore.store.writer import Hdf5ObjWriter
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trajstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

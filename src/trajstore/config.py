@@ -1,0 +1,54 @@
+"""What to log and when: the ``Logger`` protocol and ``WriterGroupConfig``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from trajstore.compression import Compression
+from trajstore.frequency import LoggingFrequency
+
+__all__ = ["Logger", "WriterGroupConfig"]
+
+State = TypeVar("State")
+Storage = TypeVar("Storage")
+State_contra = TypeVar("State_contra", contravariant=True)
+
+
+@runtime_checkable
+class Logger(Protocol[State_contra]):
+    """Anything a simulation loop can log its state to."""
+
+    def __enter__(self) -> Any:
+        """Open the destination."""
+        ...
+
+    def __exit__(self, *exc: object) -> Any:
+        """Make everything durable and close."""
+        ...
+
+    def log(self, state: State_contra, step: int) -> None:
+        """Record what the config selects from ``state`` at ``step``.
+
+        Everything needed from ``state`` is taken before this returns, so the
+        caller may mutate or donate it right after.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class WriterGroupConfig(Generic[State, Storage]):
+    """One logging group: what to take from the state, how often, how to compress.
+
+    Args:
+        view: Function (e.g. a :func:`~trajstore.view`) from the state to the
+            pytree of arrays to store.
+        logging_frequency: When to log (:class:`~trajstore.EveryNStep`,
+            :class:`~trajstore.Once`, or your own ``LoggingFrequency``).
+        compression: Compression policy, or ``None`` for uncompressed data.
+    """
+
+    view: Callable[[State], Storage]
+    logging_frequency: LoggingFrequency
+    compression: Compression | None = field(default_factory=Compression, kw_only=True)

@@ -1,0 +1,161 @@
+"""From a config and a state to run specs, and from each logged state to frames.
+
+This is the writer half of the pytree front, shared by the local and the
+remote writer: it runs the views, checks every frame against the schema the
+first state fixed, and takes host copies of the leaves inside ``log()``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+
+from trajstore.config import WriterGroupConfig
+from trajstore.errors import FrameMismatchError, SchemaError
+from trajstore.frequency import frequency_to_json
+from trajstore.pytree import describe, leaf_specs, start_host_copies, to_host
+from trajstore.schema import GroupSpec, RunSpec, metadata_to_json
+
+__all__ = ["Frame", "GroupWriters", "prepare_groups", "extract_frames"]
+
+#: One frame ready to write: (group position, time index, host leaves).
+Frame = tuple[int, int, list[np.ndarray]]
+
+
+def _is_group(node: object) -> bool:
+    return isinstance(node, WriterGroupConfig)
+
+
+@dataclass(frozen=True)
+class GroupWriters(WriterGroupConfig[Any, Any]):
+    """A configured group bound to its schema, ready to extract frames.
+
+    Attributes:
+        position: Position of the group in the run (config-leaf order).
+        spec: The group's schema, fixed by the initial state.
+        extract: The view as called at every log (compiled unless
+            ``compile_views=False``).
+        treedef: Structure every extracted value must have.
+        owned: Whether extracted JAX leaves are fresh buffers nobody else
+            holds (compiled views); otherwise they are copied.
+    """
+
+    position: int = field(default=0, kw_only=True)
+    spec: GroupSpec = field(default=None, kw_only=True)  # type: ignore[assignment]
+    extract: Callable[[Any], Any] = field(default=None, kw_only=True)  # type: ignore[assignment]
+    treedef: Any = field(default=None, kw_only=True)
+    owned: bool = field(default=True, kw_only=True)
+    _checks: tuple[tuple[tuple[int, ...], np.dtype[Any]], ...] = field(
+        default=(), kw_only=True, repr=False
+    )
+
+    def time_index(self, step: int) -> int:
+        """Time index of ``step``'s frame (0 for a group without time axis)."""
+        index = self.logging_frequency.dataset_index(step)
+        if index is Ellipsis:
+            return 0
+        try:
+            return operator.index(index)
+        except TypeError:
+            raise SchemaError(
+                f"{self.spec.name}: dataset_index({step}) returned {index!r}; need an int or ..."
+            ) from None
+
+    def leaves_of(self, state: Any) -> list[Any]:
+        """Run the view on ``state``; check the result against the schema."""
+        leaves, treedef = jax.tree_util.tree_flatten(self.extract(state))
+        if treedef != self.treedef:
+            raise FrameMismatchError(
+                f"{self.spec.name}: the view returned structure {treedef}, "
+                f"the run was created with {self.treedef}"
+            )
+        for leaf, spec, (shape, dtype) in zip(leaves, self.spec.leaves, self._checks, strict=True):
+            leaf_dtype = getattr(leaf, "dtype", None)
+            if np.shape(leaf) != shape or leaf_dtype is None or np.dtype(leaf_dtype) != dtype:
+                got = f"{leaf_dtype}{list(np.shape(leaf))}" if leaf_dtype else type(leaf).__name__
+                raise FrameMismatchError(
+                    f"{self.spec.name} leaf {spec.path or '<root>'}: expected "
+                    f"{spec.dtype}{list(shape)}, got {got}"
+                )
+        return leaves
+
+
+def prepare_groups(
+    config: Any,
+    initial_state: Any,
+    total_steps: int | None,
+    *,
+    compile_views: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[list[GroupWriters], RunSpec]:
+    """Bind every group of ``config`` to the schema ``initial_state`` gives it."""
+    paths_and_configs, _ = jax.tree_util.tree_flatten_with_path(config, is_leaf=_is_group)
+    if not paths_and_configs:
+        raise SchemaError("the config has no WriterGroupConfig")
+    groups: list[GroupWriters] = []
+    for position, (path, group_config) in enumerate(paths_and_configs):
+        name = "group" + jax.tree_util.keystr(path)
+        if not isinstance(group_config, WriterGroupConfig):
+            raise SchemaError(
+                f"config leaf {name} is a {type(group_config).__name__}; every leaf of the "
+                f"config must be a WriterGroupConfig"
+            )
+        if "/" in name:
+            raise SchemaError(f"group name {name} contains '/', which HDF5 names cannot hold")
+        frequency = group_config.logging_frequency
+        leading = tuple(frequency.leading_shape(total_steps if total_steps is not None else 1))
+        if len(leading) > 1:
+            raise SchemaError(f"{name}: time axes of more than one dimension are not supported")
+        extract = jax.jit(group_config.view) if compile_views else group_config.view
+        sample = extract(initial_state)
+        spec = GroupSpec(
+            name=name,
+            time_axis=bool(leading),
+            leaves=tuple(leaf_specs(sample)),
+            structure=describe(sample),
+            frequency=frequency_to_json(frequency),
+            compression=group_config.compression,
+        )
+        groups.append(
+            GroupWriters(
+                group_config.view,
+                frequency,
+                compression=group_config.compression,
+                position=position,
+                spec=spec,
+                extract=extract,
+                treedef=jax.tree_util.tree_structure(sample),
+                owned=compile_views,
+                _checks=tuple((leaf.shape, leaf.np_dtype) for leaf in spec.leaves),
+            )
+        )
+    run = RunSpec(
+        groups=tuple(g.spec for g in groups),
+        config_structure=describe(config, is_leaf=_is_group),
+        metadata_json=metadata_to_json(metadata),
+        total_steps=total_steps,
+    )
+    return groups, run
+
+
+def extract_frames(groups: list[GroupWriters], state: Any, step: int) -> list[Frame]:
+    """Every frame due at ``step``, as host copies taken now.
+
+    Views run and are checked for all groups before any copy, so a bad frame
+    raises before anything of this step is queued.
+    """
+    due = [g for g in groups if g.logging_frequency.should_log(step)]
+    if not due:
+        return []
+    extracted = [(g, g.time_index(step), g.leaves_of(state)) for g in due]
+    for _, _, leaves in extracted:
+        start_host_copies(leaves)
+    return [
+        (g.position, index, [to_host(leaf, owned=g.owned) for leaf in leaves])
+        for g, index, leaves in extracted
+    ]

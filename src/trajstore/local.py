@@ -1,0 +1,239 @@
+"""Local files: ``HDF5StorageWriter`` and ``HDF5StorageReader`` (kUPS API)."""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from trajstore.errors import GroupNotFoundError, NotOpenError, StepOrderError
+from trajstore.groups import GroupWriters, extract_frames, prepare_groups
+from trajstore.pytree import rebuild
+from trajstore.reading import GroupReader
+from trajstore.schema import GroupSpec
+from trajstore.store.background import DEFAULT_MAX_PENDING_BYTES, BackgroundWriter
+from trajstore.store.reader import RunFileReader
+from trajstore.store.writer import OpenMode, RunFileWriter
+
+__all__ = ["HDF5StorageReader", "HDF5StorageWriter"]
+
+State = TypeVar("State")
+Config = TypeVar("Config")
+
+
+class StepClock:
+    """Checks that logged steps are non-negative integers that increase."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def advance(self, step: int) -> int:
+        """Validate ``step`` and make it the latest; return it as an ``int``."""
+        try:
+            value = operator.index(step)
+        except TypeError:
+            raise StepOrderError(f"step must be an integer, got {step!r}") from None
+        if value < 0:
+            raise StepOrderError(f"step must be non-negative, got {value}")
+        if self.last is not None and value <= self.last:
+            raise StepOrderError(f"steps must increase: got {value} after {self.last}")
+        self.last = value
+        return value
+
+
+class HDF5StorageWriter(Generic[State, Config]):
+    """Logs simulation states to a local HDF5 file; a :class:`~trajstore.Logger`.
+
+    ``log()`` runs the views, checks the frames and takes host copies, then
+    returns; a :class:`~trajstore.BackgroundWriter` thread writes them in
+    blocks. If more than ``max_pending_bytes`` wait to be written, ``log()``
+    blocks until there is room. A background error is raised by the next
+    ``log()``, ``flush()`` or ``__exit__``.
+
+    Args:
+        out_path: The HDF5 file to write.
+        config: Pytree whose leaves are :class:`~trajstore.WriterGroupConfig`.
+        initial_state: A state like the ones to be logged; fixes every
+            group's leaves, shapes and dtypes.
+        total_steps: Expected run length. Only a hint: runs may stop early
+            or go on longer.
+        compile_views: Compile the views with ``jax.jit``. Turn off for
+            states that already live on the host (numpy).
+        metadata: JSON-serialisable user metadata stored with the run.
+        mode: ``"overwrite"`` (default, as kUPS), ``"create"`` (refuse an
+            existing file) or ``"append"`` (resume a run written before).
+        max_pending_bytes: Bound on logged bytes not yet written.
+        flush_interval: If set, make data durable at least this often (seconds).
+    """
+
+    def __init__(
+        self,
+        out_path: str | os.PathLike[str],
+        config: Config,
+        initial_state: State,
+        total_steps: int | None = None,
+        *,
+        compile_views: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+        mode: OpenMode = "overwrite",
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        flush_interval: float | None = None,
+    ) -> None:
+        if mode not in ("create", "overwrite", "append"):
+            raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
+        self.out_path = Path(out_path)
+        self.config = config
+        self.initial_state: State | None = initial_state
+        self.total_steps = total_steps
+        self.compile_views = compile_views
+        self.metadata = metadata
+        self.mode: OpenMode = mode
+        self.max_pending_bytes = max_pending_bytes
+        self.flush_interval = flush_interval
+        self._groups: list[GroupWriters] = []
+        self._writer: BackgroundWriter | None = None
+        self._clock = StepClock()
+
+    def __enter__(self) -> HDF5StorageWriter[State, Config]:
+        if self._writer is not None:
+            raise NotOpenError("this writer is already open")
+        self._groups, spec = prepare_groups(
+            self.config,
+            self.initial_state,
+            self.total_steps,
+            compile_views=self.compile_views,
+            metadata=self.metadata,
+        )
+        file = RunFileWriter(self.out_path, spec, mode=self.mode)
+        self._writer = BackgroundWriter(
+            file, max_pending_bytes=self.max_pending_bytes, flush_interval=self.flush_interval
+        )
+        self._clock = StepClock()
+        self.initial_state = None  # do not keep a whole state alive
+        return self
+
+    def log(self, state: State, step: int) -> None:
+        """Queue what the config selects from ``state`` at ``step``."""
+        writer = self._require_open()
+        writer.raise_if_failed()
+        step = self._clock.advance(step)
+        for group, index, leaves in extract_frames(self._groups, state, step):
+            writer.submit_frame(group, index, leaves)
+        writer.set_actual_steps(step + 1)
+
+    def flush(self) -> None:
+        """Return once everything logged so far is written and flushed to disk."""
+        self._require_open().flush()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except Exception as close_error:
+            if exc is None:
+                raise
+            exc.add_note(f"trajstore: closing {self.out_path} also failed: {close_error!r}")
+
+    def _require_open(self) -> BackgroundWriter:
+        if self._writer is None:
+            raise NotOpenError("log() and flush() work only inside the writer's `with` block")
+        return self._writer
+
+
+class _FileLeaves:
+    """:class:`~trajstore.reading.LeafSource` over one group of a local run file."""
+
+    def __init__(self, file: RunFileReader, position: int) -> None:
+        self._file = file
+        self._position = position
+        self.spec: GroupSpec = file.spec.groups[position]
+
+    def frames(self) -> int:
+        return self._file.frames(self._position)
+
+    def read(self, leaves: Sequence[int], index: Any) -> list[np.ndarray]:
+        return self._file.read(self._position, leaves, index)
+
+
+class HDF5StorageReader(Generic[Config]):
+    """Reads a run file written by :class:`HDF5StorageWriter` (or by the store).
+
+    Use as a context manager. Works on runs still being written (SWMR).
+
+    Args:
+        path: The run file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file: RunFileReader | None = None
+
+    def __enter__(self) -> HDF5StorageReader[Config]:
+        self._file = RunFileReader(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def file(self) -> RunFileReader:
+        """The open run file."""
+        if self._file is None:
+            raise NotOpenError("the reader is not open; use it as a context manager")
+        return self._file
+
+    def list_groups(self) -> list[str]:
+        """Group names, in config order (e.g. ``["group['box']", ...]``)."""
+        return self.file.spec.group_names
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata given to the writer."""
+        return self.file.spec.metadata
+
+    @property
+    def actual_steps(self) -> int:
+        """Steps logged, as of the writer's last flush."""
+        return self.file.actual_steps
+
+    def focus_group(
+        self, view_or_name: str | Callable[[Any], Any], *, like: Any = None
+    ) -> GroupReader[Any]:
+        """A reader for one group, by name or by a view on the config.
+
+        Args:
+            view_or_name: A group name (``"group['traj']"``) or a function that
+                picks the group from the config (``lambda c: c["traj"]``).
+            like: Optional pytree with the stored structure to rebuild values
+                with (see :mod:`trajstore.pytree`).
+
+        Raises:
+            KeyError: (:class:`~trajstore.errors.GroupNotFoundError`) if the
+                group does not exist.
+        """
+        file = self.file
+        name = view_or_name if isinstance(view_or_name, str) else self._resolve(view_or_name)
+        return GroupReader(_FileLeaves(file, file.group_index(name)), like=like)
+
+    def _resolve(self, view: Callable[[Any], Any]) -> Any:
+        spec = self.file.spec
+        try:
+            return view(rebuild(spec.config_structure, spec.group_names))
+        except (KeyError, AttributeError, IndexError, TypeError) as e:
+            raise GroupNotFoundError(
+                f"the view found no group in the config of {self.path.name}: {e!r}"
+            ) from None

@@ -1,0 +1,303 @@
+"""The background writer: frames in, batched block writes and flushes out.
+
+The contract, which the local writer and the storage server both rely on:
+
+- :meth:`BackgroundWriter.submit_frame` and :meth:`~BackgroundWriter.submit_block`
+  take ownership of host arrays and return at once, unless more than
+  ``max_pending_bytes`` are waiting to be written; then they block until
+  there is room. Nothing is ever dropped.
+- Frames of each group are buffered and written as one block per
+  ``layout.batch_frames(group)`` frames (whole chunks); partial blocks are
+  written on :meth:`~BackgroundWriter.flush`, on close, after
+  ``flush_interval`` seconds, or when a blocked caller needs the room.
+- :meth:`~BackgroundWriter.flush` returns once everything submitted before it
+  is written and flushed to disk.
+- An error on the background thread is raised by the next ``submit_*``,
+  ``flush`` or ``close``; after it the writer accepts nothing more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trajstore.errors import NotOpenError, TrajstoreError, WriterFailedError
+from trajstore.store import layout
+from trajstore.store.writer import RunFileWriter
+
+__all__ = ["DEFAULT_MAX_PENDING_BYTES", "BackgroundWriter"]
+
+#: Default bound on bytes submitted but not yet written.
+DEFAULT_MAX_PENDING_BYTES = 64 << 20
+
+
+@dataclass
+class _Block:
+    group: int
+    start: int
+    count: int
+    leaves: Sequence[np.ndarray]
+    nbytes: int
+
+
+@dataclass
+class _Flush:
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Buffer:
+    """Frames of one group waiting to become a block."""
+
+    start: int = 0
+    frames: list[Sequence[np.ndarray]] = field(default_factory=list)
+    nbytes: int = 0
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.frames)
+
+
+class BackgroundWriter:
+    """Writes frames to a :class:`RunFileWriter` on a background thread.
+
+    Args:
+        file: The run file to write; the writer closes it on :meth:`close`.
+        max_pending_bytes: Bound on bytes submitted but not yet written.
+        flush_interval: If set, data is made durable at most this many seconds
+            after it was submitted, even without a :meth:`flush`.
+        on_flush: Called on the background thread after every flush with the
+            frames now durable per group (the server acknowledges with it).
+    """
+
+    def __init__(
+        self,
+        file: RunFileWriter,
+        *,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        flush_interval: float | None = None,
+        on_flush: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        if max_pending_bytes < 1:
+            raise ValueError("max_pending_bytes must be positive")
+        self.file = file
+        self.max_pending_bytes = max_pending_bytes
+        self.flush_interval = flush_interval
+        self._on_flush = on_flush
+        self._batch = [layout.batch_frames(g) for g in file.spec.groups]
+        self._buffers = [_Buffer() for _ in file.spec.groups]
+        self._queue: deque[_Block | _Flush | None] = deque()
+        self._cond = threading.Condition()
+        self._pending_bytes = 0
+        self._waiting = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._unflushed_since: float | None = None
+        self._durable = list(file.frames)
+        self._thread = threading.Thread(target=self._run, name="trajstore-writer", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- callers
+
+    @property
+    def durable_frames(self) -> list[int]:
+        """Frames per group that the last flush made durable."""
+        return list(self._durable)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes submitted and not yet written."""
+        return self._pending_bytes
+
+    def submit_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
+        """Queue one frame (one array per leaf, without a time axis)."""
+        stacked = [leaf[np.newaxis] for leaf in leaves]
+        self._put(_Block(group, index, 1, stacked, sum(a.nbytes for a in leaves)))
+
+    def submit_block(
+        self, group: int, start: int, count: int, leaves: Sequence[np.ndarray]
+    ) -> None:
+        """Queue ``count`` frames from ``start``, one stacked array per leaf."""
+        self._put(_Block(group, start, count, leaves, sum(a.nbytes for a in leaves)))
+
+    def set_actual_steps(self, actual_steps: int) -> None:
+        """Record the steps run so far; written with the next flush."""
+        self.file.set_actual_steps(actual_steps)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is durable.
+
+        Returns:
+            ``False`` if ``timeout`` passed first, else ``True``.
+        """
+        marker = _Flush()
+        self._put(marker)
+        done = marker.done.wait(timeout)
+        self.raise_if_failed()
+        return done
+
+    def close(self) -> None:
+        """Flush, stop the thread and close the file; raise a background error."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.append(None)
+            self._cond.notify_all()
+        self._thread.join()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """Raise the background error, if one happened."""
+        error = self._error
+        if error is None:
+            return
+        if isinstance(error, TrajstoreError):
+            raise error
+        raise WriterFailedError(f"background writer failed: {error!r}") from error
+
+    def _put(self, item: _Block | _Flush) -> None:
+        nbytes = item.nbytes if isinstance(item, _Block) else 0
+        with self._cond:
+            self.raise_if_failed()
+            if self._closed:
+                raise NotOpenError("the writer is closed")
+            if nbytes:
+                self._waiting += 1
+                try:
+                    # A frame larger than the bound still goes through alone.
+                    while (
+                        self._pending_bytes
+                        and self._pending_bytes + nbytes > self.max_pending_bytes
+                        and self._error is None
+                    ):
+                        self._cond.notify_all()
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self.raise_if_failed()
+                self._pending_bytes += nbytes
+            self._queue.append(item)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------ background thread
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            with self._cond:
+                while not self._queue:
+                    if self._waiting and self._has_buffered():
+                        break  # a caller needs room: write partial blocks
+                    timeout = self._flush_due_in()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._cond.wait(timeout)
+                items = list(self._queue)
+                self._queue.clear()
+            for item in items:
+                if item is None:
+                    stopping = True
+                else:
+                    self._guarded(self._process, item)
+            if not self._queue and (self._waiting or self._flush_due_in() == 0.0):
+                self._guarded(self._write_all)
+                if self._flush_due_in() == 0.0:
+                    self._guarded(self._flush_file)
+        self._guarded(self._write_all)
+        self._guarded(self._flush_file)
+        try:
+            self.file.close()
+        except Exception as e:
+            self._fail(e)
+
+    def _guarded(self, action: Callable[..., None], *args: object) -> None:
+        """Run ``action``; on failure record the error. Flush markers always complete."""
+        if self._error is None:
+            try:
+                action(*args)
+            except Exception as e:
+                self._fail(e)
+        for arg in args:
+            if isinstance(arg, _Flush):
+                arg.done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            # Nothing more is written: drop what is buffered and wake every caller.
+            self._buffers = [_Buffer() for _ in self._buffers]
+            self._pending_bytes = 0
+            self._cond.notify_all()
+
+    def _release(self, nbytes: int) -> None:
+        with self._cond:
+            if self._error is None:
+                self._pending_bytes -= nbytes
+            self._cond.notify_all()
+
+    def _has_buffered(self) -> bool:
+        return any(buffer.frames for buffer in self._buffers)
+
+    def _flush_due_in(self) -> float | None:
+        if self.flush_interval is None or self._unflushed_since is None:
+            return None
+        return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
+
+    def _process(self, item: _Block | _Flush) -> None:
+        if isinstance(item, _Flush):
+            self._write_all()
+            self._flush_file(force=True)
+            return
+        if self._unflushed_since is None:
+            self._unflushed_since = time.monotonic()
+        buffer = self._buffers[item.group]
+        if item.count != 1 or not self.file.spec.groups[item.group].time_axis:
+            self._write_buffer(item.group)
+            self._write(item.group, item.start, item.count, item.leaves, item.nbytes)
+            return
+        if buffer.frames and item.start != buffer.stop:
+            self._write_buffer(item.group)
+        if not buffer.frames:
+            buffer.start = item.start
+        buffer.frames.append([leaf[0] for leaf in item.leaves])
+        buffer.nbytes += item.nbytes
+        if buffer.stop % self._batch[item.group] == 0:
+            self._write_buffer(item.group)
+
+    def _write_buffer(self, group: int) -> None:
+        buffer = self._buffers[group]
+        if not buffer.frames:
+            return
+        leaves = [np.stack(column) for column in zip(*buffer.frames, strict=True)]
+        start, count, nbytes = buffer.start, len(buffer.frames), buffer.nbytes
+        buffer.frames = []
+        buffer.nbytes = 0
+        self._write(group, start, count, leaves, nbytes)
+
+    def _write(
+        self, group: int, start: int, count: int, leaves: Sequence[np.ndarray], nbytes: int
+    ) -> None:
+        try:
+            self.file.write_block(group, start, count, leaves)
+        finally:
+            self._release(nbytes)
+
+    def _write_all(self) -> None:
+        for group in range(len(self._buffers)):
+            self._write_buffer(group)
+
+    def _flush_file(self, *, force: bool = False) -> None:
+        if self._unflushed_since is None and not force:
+            return
+        self.file.flush()
+        self._unflushed_since = None
+        self._durable = self.file.frames
+        if self._on_flush is not None:
+            self._on_flush(list(self._durable))

@@ -1,0 +1,74 @@
+"""Encode a chunk through its filter pipeline *without compressing it*.
+
+A chunk that is still filling up is rewritten at every flush. Compressed,
+each rewrite has a new size, and HDF5 moves it to new file space without
+ever reclaiming the old: a run flushed often grows far beyond its data.
+Encoded by this module instead, the chunk passes the pipeline's own
+decoders (it is a valid shuffle + deflate/zstd stream, so any HDF5 reader
+reads it), but its size depends only on the chunk's shape, so HDF5
+rewrites it in place. The chunk is compressed for real once it is full.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+__all__ = ["FILTER_DEFLATE", "FILTER_SHUFFLE", "FILTER_ZSTD", "encode_stored"]
+
+FILTER_DEFLATE = 1
+FILTER_SHUFFLE = 2
+FILTER_ZSTD = 32015
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_MAX_BLOCK = 1 << 17
+# Frame header descriptor: single segment, 8-byte frame content size.
+_ZSTD_DESCRIPTOR = 0xE0
+
+
+def _zstd_raw_frame(data: bytes) -> bytes:
+    """A zstd frame that stores ``data`` in raw (uncompressed) blocks."""
+    parts = [struct.pack("<IBQ", _ZSTD_MAGIC, _ZSTD_DESCRIPTOR, len(data))]
+    offsets = range(0, max(len(data), 1), _ZSTD_MAX_BLOCK)
+    for i, start in enumerate(offsets):
+        block = data[start : start + _ZSTD_MAX_BLOCK]
+        last = i == len(offsets) - 1
+        header = (len(block) << 3) | int(last)  # block type 0: raw
+        parts.append(header.to_bytes(3, "little"))
+        parts.append(block)
+    return b"".join(parts)
+
+
+def _shuffle(data: bytes, itemsize: int) -> bytes:
+    """HDF5's byte-shuffle: all first bytes of each element, then all second bytes, ..."""
+    n = len(data) // itemsize
+    if itemsize <= 1 or n <= 1:
+        return data
+    head = np.frombuffer(data, np.uint8, n * itemsize).reshape(n, itemsize).T.tobytes()
+    return head + data[n * itemsize :]
+
+
+def encode_stored(chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]]) -> bytes | None:
+    """Bytes of ``chunk`` encoded through ``filters`` without compression.
+
+    Args:
+        chunk: The whole chunk, in its storage dtype.
+        filters: The pipeline as ``(filter id, client data)`` pairs, in order.
+
+    Returns:
+        The encoded chunk, or ``None`` if the pipeline holds a filter this
+        module cannot emulate (the caller then writes the usual way).
+    """
+    data = np.ascontiguousarray(chunk).tobytes()
+    for filter_id, client_data in filters:
+        if filter_id == FILTER_SHUFFLE:
+            data = _shuffle(data, client_data[0] if client_data else chunk.dtype.itemsize)
+        elif filter_id == FILTER_DEFLATE:
+            data = zlib.compress(data, 0)
+        elif filter_id == FILTER_ZSTD:
+            data = _zstd_raw_frame(data)
+        else:
+            return None
+    return data

@@ -1,0 +1,261 @@
+"""Block writes of flat leaves into a run file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from trajstore.errors import (
+    FrameMismatchError,
+    RunExistsError,
+    RunNotFoundError,
+    SchemaError,
+    StorageError,
+)
+from trajstore.schema import GroupSpec, RunSpec, storage_dtype
+from trajstore.store import layout
+from trajstore.store.stored import encode_stored
+
+__all__ = ["Hdf5ObjWriter", "OpenMode", "RunFileWriter"]
+
+#: ``create``: the file must not exist; ``overwrite``: replace it;
+#: ``append``: resume it (the schema must match).
+OpenMode = Literal["create", "overwrite", "append"]
+
+
+class Hdf5ObjWriter:
+    """Writes blocks of frames of one logging group into its datasets.
+
+    A block is ``count`` consecutive frames starting at time index ``start``,
+    given as one stacked array per leaf (shape ``(count, *leaf.shape)``).
+    Writing a block at ``start`` makes the group ``start + count`` frames long:
+    frames past it (left by an earlier, longer session) are discarded, which
+    is what resuming a run from an earlier checkpoint means.
+    """
+
+    def __init__(self, spec: GroupSpec, datasets: Sequence[h5py.Dataset], frames: int) -> None:
+        self.spec = spec
+        self.datasets = list(datasets)
+        self.frames = frames
+        self._storage = [storage_dtype(leaf.dtype) for leaf in spec.leaves]
+        self._tails = [
+            _stored_tail_plan(ds, leaf.frame_nbytes)
+            for ds, leaf in zip(self.datasets, spec.leaves, strict=True)
+        ]
+
+    @classmethod
+    def create(cls, parent: h5py.Group, spec: GroupSpec) -> Hdf5ObjWriter:
+        """Create the HDF5 group and its (empty) datasets for ``spec``."""
+        group = parent.create_group(spec.name)
+        datasets = []
+        for leaf in spec.leaves:
+            ds = group.create_dataset(leaf.dataset_name, **layout.dataset_kwargs(leaf, spec))
+            if leaf.dtype == "bfloat16":
+                ds.attrs[layout.ATTR_DTYPE] = leaf.dtype
+            datasets.append(ds)
+        group.attrs[layout.ATTR_GROUP_SPEC] = json.dumps(spec.to_json())
+        group.attrs[layout.ATTR_PATHS] = json.dumps([leaf.dataset_name for leaf in spec.leaves])
+        group.attrs[layout.ATTR_FRAMES] = np.int64(0)
+        return cls(spec, datasets, 0)
+
+    @classmethod
+    def open(cls, parent: h5py.Group, spec: GroupSpec) -> Hdf5ObjWriter:
+        """Bind to the existing group for ``spec`` (to resume a run)."""
+        group = parent[spec.name]
+        datasets = [group[leaf.dataset_name] for leaf in spec.leaves]
+        return cls(spec, datasets, int(group.attrs[layout.ATTR_FRAMES]))
+
+    def check_block(self, start: int, count: int, leaves: Sequence[np.ndarray]) -> None:
+        """Raise :class:`FrameMismatchError` unless the block fits the schema."""
+        spec = self.spec
+        if len(leaves) != len(spec.leaves):
+            raise FrameMismatchError(
+                f"{spec.name}: got {len(leaves)} leaves, the schema has {len(spec.leaves)}"
+            )
+        if start < 0 or count < 0:
+            raise FrameMismatchError(f"{spec.name}: negative start or count")
+        if not spec.time_axis and (start != 0 or count != 1):
+            raise FrameMismatchError(f"{spec.name} has no time axis: it holds one frame")
+        for leaf, array in zip(spec.leaves, leaves, strict=True):
+            if array.shape != (count, *leaf.shape) or array.dtype != leaf.np_dtype:
+                raise FrameMismatchError(
+                    f"{spec.name} leaf {leaf.path}: expected {count} frame(s) of "
+                    f"{leaf.dtype}{list(leaf.shape)}, got {array.dtype}{list(array.shape)}"
+                )
+
+    def write_block(self, start: int, count: int, leaves: Sequence[np.ndarray]) -> None:
+        """Write ``count`` frames from ``start`` (see the class docstring)."""
+        self.check_block(start, count, leaves)
+        stop = start + count
+        for i, ds in enumerate(self.datasets):
+            array = leaves[i]
+            if array.dtype != self._storage[i]:
+                array = array.view(self._storage[i])
+            if not self.spec.time_axis:
+                ds[()] = array[0]
+                continue
+            if ds.shape[0] != stop:
+                ds.resize(stop, axis=0)
+            tail = self._tails[i]
+            if tail is None or stop % tail.frames == 0:
+                if count:
+                    ds[start:stop] = array
+                continue
+            # The block ends inside a chunk of many frames, which is rewritten at
+            # every flush until it fills up. Stored without compression its size
+            # stays the same, so HDF5 rewrites it in place (see store/stored.py).
+            tail_start = stop - stop % tail.frames
+            if start < tail_start:
+                ds[start:tail_start] = array[: tail_start - start]
+            chunk = np.zeros(tail.shape, self._storage[i])
+            if start > tail_start:
+                chunk[: start - tail_start] = ds[tail_start:start]
+            first = max(start, tail_start)
+            chunk[first - tail_start : stop - tail_start] = array[first - start :]
+            encoded = encode_stored(chunk, tail.filters)
+            ds.id.write_direct_chunk((tail_start,) + (0,) * (ds.ndim - 1), encoded)
+        self.frames = stop
+
+
+class RunFileWriter:
+    """One run file open for writing, in SWMR mode so readers can follow it.
+
+    Not thread-safe: one thread (normally a :class:`BackgroundWriter`) drives it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], spec: RunSpec, *, mode: OpenMode = "create"):
+        self.path = Path(path)
+        self.spec = spec
+        self._dirty: set[int] = set()
+        try:
+            self._file, self.groups = self._open(mode)
+        except OSError as e:
+            raise StorageError(f"cannot open {self.path} for writing: {e}") from e
+        self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
+
+    def _open(self, mode: OpenMode) -> tuple[h5py.File, list[Hdf5ObjWriter]]:
+        if mode == "append":
+            if not self.path.exists():
+                raise RunNotFoundError(f"no run file at {self.path} to append to")
+            file = h5py.File(self.path, "r+", libver=layout.LIBVER)
+            try:
+                groups = self._bind_existing(file)
+            except BaseException:
+                file.close()
+                raise
+        else:
+            if mode == "create" and self.path.exists():
+                raise RunExistsError(f"{self.path} already exists")
+            file = h5py.File(self.path, "w-" if mode == "create" else "w", libver=layout.LIBVER)
+            for key, value in layout.run_attrs(self.spec).items():
+                file.attrs[key] = value
+            groups = [Hdf5ObjWriter.create(file, g) for g in self.spec.groups]
+        file.swmr_mode = True
+        return file, groups
+
+    def _bind_existing(self, file: h5py.File) -> list[Hdf5ObjWriter]:
+        version = int(file.attrs.get(layout.ATTR_FORMAT, -1))
+        if version != layout.FORMAT_VERSION:
+            raise SchemaError(f"{self.path} has format {version}, not {layout.FORMAT_VERSION}")
+        existing = json.loads(file.attrs[layout.ATTR_GROUP_NAMES])
+        if existing != self.spec.group_names:
+            raise SchemaError(
+                f"cannot append: the run has groups {existing}, the writer {self.spec.group_names}"
+            )
+        groups = []
+        for spec in self.spec.groups:
+            stored = json.loads(file[spec.name].attrs[layout.ATTR_GROUP_SPEC])
+            if _layout_key(stored) != _layout_key(spec.to_json()):
+                raise SchemaError(f"cannot append: group {spec.name} has a different schema")
+            groups.append(Hdf5ObjWriter.open(file, spec))
+        return groups
+
+    @property
+    def frames(self) -> list[int]:
+        """Frames written per group (durable after the next :meth:`flush`)."""
+        return [g.frames for g in self.groups]
+
+    def write_block(
+        self, group_index: int, start: int, count: int, leaves: Sequence[np.ndarray]
+    ) -> None:
+        """Write a block of frames to group ``group_index``."""
+        group = self.groups[group_index]
+        try:
+            group.write_block(start, count, leaves)
+        except OSError as e:
+            raise StorageError(f"writing {group.spec.name} of {self.path} failed: {e}") from e
+        self._dirty.add(group_index)
+
+    def set_actual_steps(self, actual_steps: int) -> None:
+        """Record the number of steps the simulation ran (written at the next flush)."""
+        self._actual_steps = actual_steps
+
+    def flush(self) -> None:
+        """Make everything written so far durable, then publish the frame counts.
+
+        Data goes to disk before the counts that make it visible, so a reader
+        that trusts ``frames`` never sees a frame that is not there.
+        """
+        try:
+            self._file.flush()
+            for i in sorted(self._dirty):
+                group = self.groups[i]
+                self._file[group.spec.name].attrs[layout.ATTR_FRAMES] = np.int64(group.frames)
+            self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(self._actual_steps)
+            self._file.flush()
+        except OSError as e:
+            raise StorageError(f"flushing {self.path} failed: {e}") from e
+        self._dirty.clear()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if not self._file.id.valid:
+            return
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+
+@dataclass(frozen=True)
+class _StoredTail:
+    """How to write a partly filled chunk of a filtered leaf uncompressed."""
+
+    shape: tuple[int, ...]  # the chunk's shape
+    filters: list[tuple[int, tuple[int, ...]]]  # the pipeline: (filter id, client data)
+
+    @property
+    def frames(self) -> int:
+        return self.shape[0]
+
+
+def _stored_tail_plan(ds: h5py.Dataset, frame_nbytes: int) -> _StoredTail | None:
+    """A plan for datasets whose chunks span many whole frames through known filters."""
+    chunks = ds.chunks
+    if chunks is None or chunks[0] <= 1 or frame_nbytes == 0 or tuple(chunks[1:]) != ds.shape[1:]:
+        return None
+    plist = ds.id.get_create_plist()
+    filters = []
+    for i in range(plist.get_nfilters()):
+        filter_id, _flags, client_data, _name = plist.get_filter(i)
+        filters.append((int(filter_id), tuple(int(v) for v in client_data)))
+    if not filters or encode_stored(np.zeros(1, ds.dtype), filters) is None:
+        return None
+    return _StoredTail(tuple(chunks), filters)
+
+
+def _layout_key(group_json: dict[str, Any]) -> tuple[Any, ...]:
+    """The parts of a group spec that fix its on-disk layout."""
+    return (
+        group_json["name"],
+        group_json["time_axis"],
+        json.dumps(group_json["leaves"], sort_keys=True),
+        json.dumps(group_json["compression"], sort_keys=True),
+    )

@@ -1,0 +1,45 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trajstore import Compression, EveryNStep, Once, WriterGroupConfig, view
+
+
+def md_state(n_atoms: int = 16, seed: int = 0) -> dict[str, Any]:
+    """A small numpy MD-like state."""
+    rng = np.random.default_rng(seed)
+    return {
+        "pos": rng.random((n_atoms, 3), dtype=np.float32),
+        "vel": rng.random((n_atoms, 3), dtype=np.float32),
+        "energy": np.float32(rng.random()),
+        "box": np.eye(3, dtype=np.float32),
+    }
+
+
+def advance(state: dict[str, Any], step: int) -> dict[str, Any]:
+    """A new state that depends on ``step`` (so every frame differs)."""
+    return {
+        "pos": state["pos"] + np.float32(1),
+        "vel": state["vel"] * np.float32(0.5) + np.float32(step),
+        "energy": np.float32(step * 0.25),
+        "box": state["box"],
+    }
+
+
+def md_config(
+    every: int = 2, compression: Compression | None = Compression()
+) -> dict[str, WriterGroupConfig[Any, Any]]:
+    """traj every ``every`` steps, energy every step, box once."""
+    return {
+        "traj": WriterGroupConfig(
+            view(lambda s: {"pos": s["pos"], "vel": s["vel"]}),
+            EveryNStep(every),
+            compression=compression,
+        ),
+        "energy": WriterGroupConfig(view(lambda s: s["energy"]), EveryNStep(1)),
+        "box": WriterGroupConfig(view(lambda s: s["box"]), Once(), compression=compression),
+    }

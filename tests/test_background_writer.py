@@ -1,0 +1,166 @@
+"""The background writer's contract: bounded memory, nothing dropped, errors surface."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from helpers import md_config, md_state
+from trajstore import BackgroundWriter, HDF5StorageReader, HDF5StorageWriter
+from trajstore.errors import NotOpenError, StorageError, TrajstoreError, WriterFailedError
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec
+from trajstore.store.reader import RunFileReader
+from trajstore.store.writer import RunFileWriter
+
+FRAME = 1024  # bytes: 256 float32
+SPEC = RunSpec(
+    groups=(GroupSpec("group['x']", True, (LeafSpec("", "float32", (FRAME // 4,)),)),),
+)
+
+
+class GatedFile(RunFileWriter):
+    """A real run file whose block writes wait until the test opens the gate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write_block(self, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(60), "test never opened the gate"
+        super().write_block(*args, **kwargs)
+
+
+class FailingFile(RunFileWriter):
+    """A real run file whose second block write fails like a full disk."""
+
+    calls = 0
+
+    def write_block(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError(28, "No space left on device")
+        super().write_block(*args, **kwargs)
+
+
+def frame(i: int) -> list[np.ndarray]:
+    return [np.full(FRAME // 4, i, np.float32)]
+
+
+def test_submit_blocks_when_the_bound_is_reached_and_drops_nothing(tmp_path):
+    file = GatedFile(tmp_path / "r.h5", SPEC)
+    writer = BackgroundWriter(file, max_pending_bytes=8 * FRAME)
+    submitted = []
+    high_water = []
+
+    def produce():
+        for i in range(50):
+            writer.submit_frame(0, i, frame(i))
+            submitted.append(i)
+            high_water.append(writer.pending_bytes)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    assert file.entered.wait(60)
+    producer.join(0.5)
+    assert producer.is_alive(), "submit did not block with the writer stuck"
+    assert len(submitted) <= 9
+    file.gate.set()
+    producer.join(60)
+    assert not producer.is_alive()
+    assert max(high_water) <= 8 * FRAME
+    writer.close()
+    reader = RunFileReader(tmp_path / "r.h5")
+    (stored,) = reader.read(0, [0], ...)
+    reader.close()
+    np.testing.assert_array_equal(stored[:, 0], np.arange(50))
+
+
+def test_a_frame_larger_than_the_bound_still_goes_through(tmp_path):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC), max_pending_bytes=10)
+    writer.submit_frame(0, 0, frame(7))
+    writer.submit_frame(0, 1, frame(8))
+    writer.close()
+    reader = RunFileReader(tmp_path / "r.h5")
+    assert reader.frames(0) == 2
+    reader.close()
+
+
+def test_flush_makes_frames_durable_and_visible(tmp_path):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC))
+    for i in range(5):
+        writer.submit_frame(0, i, frame(i))
+    assert writer.flush()
+    assert writer.durable_frames == [5]
+    reader = RunFileReader(tmp_path / "r.h5")  # a second handle, as another process would
+    assert reader.frames(0) == 5
+    np.testing.assert_array_equal(reader.read(0, [0], 4)[0], frame(4)[0])
+    reader.close()
+    writer.close()
+
+
+def test_flush_interval_flushes_without_being_asked(tmp_path):
+    flushed = threading.Event()
+    writer = BackgroundWriter(
+        RunFileWriter(tmp_path / "r.h5", SPEC),
+        flush_interval=0.05,
+        on_flush=lambda frames: flushed.set() if frames == [3] else None,
+    )
+    for i in range(3):
+        writer.submit_frame(0, i, frame(i))
+    assert flushed.wait(60)
+    writer.close()
+
+
+def test_background_error_surfaces_at_the_next_call_and_sticks(tmp_path):
+    writer = BackgroundWriter(FailingFile(tmp_path / "r.h5", SPEC))
+    writer.submit_frame(0, 0, frame(0))
+    writer.flush()  # first block: fine
+    writer.submit_frame(0, 1, frame(1))
+    with pytest.raises(WriterFailedError, match="No space left") as info:
+        writer.flush()
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(WriterFailedError):
+        writer.submit_frame(0, 2, frame(2))
+    with pytest.raises(WriterFailedError):
+        writer.close()
+    reader = RunFileReader(tmp_path / "r.h5")
+    assert reader.frames(0) == 1  # what was flushed before the failure is kept
+    reader.close()
+
+
+def test_local_writer_raises_background_errors_from_log_flush_and_exit(tmp_path, monkeypatch):
+    monkeypatch.setattr("trajstore.local.RunFileWriter", FailingFile)
+    state = md_state()
+    log = HDF5StorageWriter(tmp_path / "r.h5", md_config(every=1), state, 10)
+    with pytest.raises(TrajstoreError), log:
+        log.log(state, 0)
+        log.flush()
+        log.log(state, 1)
+        log.flush()  # the second block write fails: raised here
+    with pytest.raises(StorageError):
+        with HDF5StorageWriter(tmp_path / "s.h5", md_config(every=1), state, 10) as log2:
+            log2.log(state, 0)
+            log2.flush()
+            log2.log(state, 1)
+        # ... or, if nothing else was called, at __exit__
+
+
+def test_submit_after_close_is_refused(tmp_path):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC))
+    writer.close()
+    with pytest.raises(NotOpenError):
+        writer.submit_frame(0, 0, frame(0))
+
+
+def test_reader_of_local_writer_sees_frames_after_flush(tmp_path):
+    state = md_state()
+    with HDF5StorageWriter(tmp_path / "r.h5", md_config(every=1), state, 10) as log:
+        for step in range(4):
+            log.log(state, step)
+        log.flush()
+        with HDF5StorageReader(tmp_path / "r.h5") as reader:
+            assert len(reader.focus_group("group['energy']")) == 4
