@@ -7,12 +7,13 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import md_config, md_state
 from trajstore import BackgroundWriter, HDF5StorageReader, HDF5StorageWriter
 from trajstore.errors import NotOpenError, StorageError, TrajstoreError, WriterFailedError
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
+
+from helpers import md_config, md_state
 
 FRAME = 1024  # bytes: 256 float32
 SPEC = RunSpec(

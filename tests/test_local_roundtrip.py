@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import advance, md_config, md_state
 from trajstore import (
     Compression,
     EveryNStep,
@@ -16,6 +15,8 @@ from trajstore import (
     WriterGroupConfig,
     view,
 )
+
+from helpers import advance, md_config, md_state
 
 
 def write_md(path, steps=20, every=2, compression=Compression(), **kwargs):

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import advance, md_config, md_state
 from trajstore import (
     Compression,
     EveryNStep,
@@ -21,6 +20,8 @@ from trajstore import (
     view,
 )
 from trajstore.errors import FrameMismatchError
+
+from helpers import advance, md_config, md_state
 
 
 # 1. total_steps is a hint -------------------------------------------------------

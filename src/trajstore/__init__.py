@@ -69,7 +69,8 @@ def __getattr__(name: str) -> Any:
     module = _LOCATIONS.get(name)
     if module is None:
         raise AttributeError(f"module 'trajstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # Only the fixed module names of _LOCATIONS are ever imported here.
+    value = getattr(importlib.import_module(module), name)  # allowed-import: fixed names
     globals()[name] = value
     return value
 

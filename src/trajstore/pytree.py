@@ -83,11 +83,7 @@ def leaf_specs(value: Any) -> list[LeafSpec]:
         name = keystr(path)
         if "/" in name:
             raise SchemaError(f"leaf path {name} contains '/', which HDF5 names cannot hold")
-        try:
-            dtype = _leaf_dtype(name, leaf)
-        except SchemaError as e:
-            raise SchemaError(f"{e}") from None
-        specs.append(LeafSpec(name, dtype, tuple(np.shape(leaf))))
+        specs.append(LeafSpec(name, _leaf_dtype(name, leaf), tuple(np.shape(leaf))))
     return specs
 
 

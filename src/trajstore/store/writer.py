@@ -18,6 +18,7 @@ from trajstore.errors import (
     RunNotFoundError,
     SchemaError,
     StorageError,
+    TrajstoreError,
 )
 from trajstore.schema import GroupSpec, RunSpec, storage_dtype
 from trajstore.store import layout
@@ -136,6 +137,10 @@ class RunFileWriter:
         self._dirty: set[int] = set()
         try:
             self._file, self.groups = self._open(mode)
+        except TrajstoreError:
+            raise
+        except FileExistsError:
+            raise RunExistsError(f"{self.path} already exists") from None
         except OSError as e:
             raise StorageError(f"cannot open {self.path} for writing: {e}") from e
         self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
