@@ -246,7 +246,7 @@ class BackgroundWriter:
         return any(buffer.frames for buffer in self._buffers)
 
     def _flush_due_in(self) -> float | None:
-        if self.flush_interval is None or self._unflushed_since is None:
+        if self.flush_interval is None or self._unflushed_since is None or self._error:
             return None
         return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
 
