@@ -16,3 +16,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+import pytest  # noqa: E402
+
+from servers import StoreProcess, start_store  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real storage server process with its own data dir; stopped with SIGTERM after."""
+    server: StoreProcess = start_store(tmp_path / "data")
+    yield server
+    code = server.stop()
+    assert code == 0, "".join(server.log)

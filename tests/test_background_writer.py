@@ -108,7 +108,7 @@ def test_flush_interval_flushes_without_being_asked(tmp_path):
     writer = BackgroundWriter(
         RunFileWriter(tmp_path / "r.h5", SPEC),
         flush_interval=0.05,
-        on_flush=lambda frames: flushed.set() if frames == [3] else None,
+        on_flush=lambda frames, _tag: flushed.set() if frames == [3] else None,
     )
     for i in range(3):
         writer.submit_frame(0, i, frame(i))

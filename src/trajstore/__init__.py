@@ -31,6 +31,9 @@ __all__ = [
     "BackgroundWriter",
     "Hdf5ObjWriter",
     "GroupWriters",
+    # the network
+    "RemoteStorageWriter",
+    "serve",
     # errors
     "TrajstoreError",
 ]
@@ -50,9 +53,12 @@ _LOCATIONS = {
     "Hdf5ObjWriter": "trajstore.store.writer",
     "GroupWriters": "trajstore.groups",
     "TrajstoreError": "trajstore.errors",
+    "RemoteStorageWriter": "trajstore.client.writer",
+    "serve": "trajstore.server.app",
 }
 
 if TYPE_CHECKING:
+    from trajstore.client.writer import RemoteStorageWriter
     from trajstore.compression import Compression
     from trajstore.config import Logger, WriterGroupConfig
     from trajstore.errors import TrajstoreError
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
     from trajstore.local import HDF5StorageReader, HDF5StorageWriter
     from trajstore.pytree import view
     from trajstore.reading import GroupReader
+    from trajstore.server.app import serve
     from trajstore.store.background import BackgroundWriter
     from trajstore.store.writer import Hdf5ObjWriter
 

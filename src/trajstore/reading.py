@@ -78,11 +78,24 @@ class GroupReader(Generic[Storage]):
             raise TypeError(f"{self.name} is logged once and has no time axis")
         return self._source.frames()
 
+    def _rebuild(self, leaves: Sequence[Any]) -> Any:
+        """The stored pytree from its leaves.
+
+        A group stored without a structure description (written by a client
+        other than trajstore's) reads as ``{leaf path: array}``, or as the bare
+        array when its only leaf has the empty path.
+        """
+        if not self.spec.structure and self._like is None:
+            paths = [leaf.path for leaf in self.spec.leaves]
+            if paths == [""]:
+                return leaves[0]
+            return dict(zip(paths, leaves, strict=True))
+        return rebuild(self.spec.structure, leaves, like=self._like)
+
     @cached_property
     def _names_tree(self) -> Any:
         """The stored structure with dataset names as leaves (for ``select``)."""
-        names = [leaf.dataset_name for leaf in self.spec.leaves]
-        return rebuild(self.spec.structure, names, like=self._like)
+        return self._rebuild([leaf.dataset_name for leaf in self.spec.leaves])
 
     def _selected(self, select: Callable[[Any], Any] | None) -> tuple[list[int], Any]:
         if select is None:
@@ -115,7 +128,7 @@ class GroupReader(Generic[Storage]):
         arrays = self._source.read(positions, index)
         if treedef is not None:
             return jax.tree_util.tree_unflatten(treedef, arrays)
-        return rebuild(self.spec.structure, arrays, like=self._like)
+        return self._rebuild(arrays)
 
     def __getitem__(self, index: Any) -> Storage:
         return self.read(index)  # type: ignore[no-any-return]

@@ -104,6 +104,39 @@ def metadata_to_json(metadata: Mapping[str, Any] | None) -> str:
         raise SchemaError(f"metadata is not JSON serialisable: {e}") from None
 
 
+_KINDS_WITH_CHILDREN = {"tuple", "list", "dict", "namedtuple", "node"}
+
+
+def structure_leaves(description: Mapping[str, Any]) -> int:
+    """Number of leaves a structure description (see :mod:`trajstore.pytree`) stands for.
+
+    Raises:
+        SchemaError: If ``description`` is not a well-formed description.
+    """
+    count = 0
+    stack: list[Any] = [description]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, Mapping) or not isinstance(node.get("t"), str):
+            raise SchemaError("malformed structure description")
+        kind = node["t"]
+        if kind == "leaf":
+            count += 1
+        elif kind in _KINDS_WITH_CHILDREN:
+            children = node.get("c", [])
+            keys = node.get("k", [])
+            if not isinstance(children, list) or not isinstance(keys, list):
+                raise SchemaError("malformed structure description")
+            if kind != "tuple" and kind != "list" and len(keys) != len(children):
+                raise SchemaError("malformed structure description: keys and children differ")
+            if kind in ("namedtuple", "node") and not isinstance(node.get("cls"), str):
+                raise SchemaError("malformed structure description: class name")
+            stack.extend(children)
+        elif kind != "none":
+            raise SchemaError(f"unknown structure node kind {kind!r}")
+    return count
+
+
 @dataclass(frozen=True)
 class LeafSpec:
     """One array leaf of a group's value.

@@ -43,6 +43,7 @@ class _Block:
     count: int
     leaves: Sequence[np.ndarray]
     nbytes: int
+    tag: int | None = None
 
 
 @dataclass
@@ -72,7 +73,8 @@ class BackgroundWriter:
         flush_interval: If set, data is made durable at most this many seconds
             after it was submitted, even without a :meth:`flush`.
         on_flush: Called on the background thread after every flush with the
-            frames now durable per group (the server acknowledges with it).
+            frames now durable per group and the tag of the last block
+            submitted before the flush (the server acknowledges with these).
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class BackgroundWriter:
         *,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float | None = None,
-        on_flush: Callable[[list[int]], None] | None = None,
+        on_flush: Callable[[list[int], int | None], None] | None = None,
     ) -> None:
         if max_pending_bytes < 1:
             raise ValueError("max_pending_bytes must be positive")
@@ -99,6 +101,7 @@ class BackgroundWriter:
         self._closed = False
         self._unflushed_since: float | None = None
         self._durable = list(file.frames)
+        self._last_tag: int | None = None
         self._thread = threading.Thread(target=self._run, name="trajstore-writer", daemon=True)
         self._thread.start()
 
@@ -120,10 +123,20 @@ class BackgroundWriter:
         self._put(_Block(group, index, 1, stacked, sum(a.nbytes for a in leaves)))
 
     def submit_block(
-        self, group: int, start: int, count: int, leaves: Sequence[np.ndarray]
+        self,
+        group: int,
+        start: int,
+        count: int,
+        leaves: Sequence[np.ndarray],
+        *,
+        tag: int | None = None,
     ) -> None:
-        """Queue ``count`` frames from ``start``, one stacked array per leaf."""
-        self._put(_Block(group, start, count, leaves, sum(a.nbytes for a in leaves)))
+        """Queue ``count`` frames from ``start``, one stacked array per leaf.
+
+        ``tag`` (e.g. a block number) is reported to ``on_flush`` once the
+        block is durable.
+        """
+        self._put(_Block(group, start, count, leaves, sum(a.nbytes for a in leaves), tag))
 
     def set_actual_steps(self, actual_steps: int) -> None:
         """Record the steps run so far; written with the next flush."""
@@ -257,6 +270,8 @@ class BackgroundWriter:
             return
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
+        if item.tag is not None:
+            self._last_tag = item.tag
         buffer = self._buffers[item.group]
         if item.count != 1 or not self.file.spec.groups[item.group].time_axis:
             self._write_buffer(item.group)
@@ -300,4 +315,4 @@ class BackgroundWriter:
         self._unflushed_since = None
         self._durable = self.file.frames
         if self._on_flush is not None:
-            self._on_flush(list(self._durable))
+            self._on_flush(list(self._durable), self._last_tag)

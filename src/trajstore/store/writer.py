@@ -183,6 +183,11 @@ class RunFileWriter:
         return groups
 
     @property
+    def actual_steps(self) -> int:
+        """Steps run, as last recorded."""
+        return self._actual_steps
+
+    @property
     def frames(self) -> list[int]:
         """Frames written per group (durable after the next :meth:`flush`)."""
         return [g.frames for g in self.groups]

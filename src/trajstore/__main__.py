@@ -1,0 +1,5 @@
+"""``python -m trajstore`` runs the ``trajstore`` command."""
+
+from trajstore.cli import main
+
+main()

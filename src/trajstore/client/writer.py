@@ -1,0 +1,185 @@
+"""``RemoteStorageWriter``: the local writer's API, streaming to a store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
+
+import grpc
+
+from trajstore import wire
+from trajstore.client.channel import call_metadata, open_channel
+from trajstore.client.sender import BlockSender
+from trajstore.errors import NotOpenError
+from trajstore.groups import GroupWriters, extract_frames, prepare_groups
+from trajstore.local import StepClock
+from trajstore.v1 import ingest_pb2 as pb
+from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+
+__all__ = ["RemoteStorageWriter"]
+
+State = TypeVar("State")
+Config = TypeVar("Config")
+
+
+class RemoteStorageWriter(Generic[State, Config]):
+    """Logs simulation states to a run on a trajstore server; a :class:`~trajstore.Logger`.
+
+    Behaves like :class:`~trajstore.HDF5StorageWriter`: ``log()`` runs the
+    views, checks the frames and takes host copies, then returns; a
+    background thread batches frames into blocks and streams them. At most
+    ``max_pending_bytes`` may be logged but not yet acknowledged as durable
+    by the server; beyond that ``log()`` blocks (nothing is dropped).
+    ``flush()`` returns once the server has made everything logged so far
+    durable. ``__exit__`` flushes and closes the run, recording
+    ``actual_steps``. An error on the server or the connection is raised by
+    the next ``log()``, ``flush()`` or ``__exit__`` as the same
+    :class:`~trajstore.TrajstoreError` subclass the server raised.
+
+    Args:
+        address: ``host:port`` of the store.
+        run: Run name, e.g. ``"project/run-7"``.
+        config: Pytree whose leaves are :class:`~trajstore.WriterGroupConfig`.
+        initial_state: A state like the ones to be logged.
+        total_steps: Expected run length (a hint).
+        mode: ``"create"`` (default; an existing run is an error),
+            ``"overwrite"`` or ``"append"`` (resume; the schema must match).
+        metadata: JSON-serialisable user metadata stored with the run.
+        compile_views: Compile the views with ``jax.jit``.
+        token: Bearer token sent with every call.
+        max_pending_bytes: Bound on bytes logged but not yet durable.
+        send_interval: A partly filled block is sent after this many seconds.
+        timeout: Seconds to wait for the store when opening and closing the run.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        run: str,
+        config: Config,
+        initial_state: State,
+        total_steps: int | None = None,
+        *,
+        mode: Literal["create", "overwrite", "append"] = "create",
+        metadata: Mapping[str, Any] | None = None,
+        compile_views: bool = True,
+        token: str | None = None,
+        max_pending_bytes: int = 64 << 20,
+        send_interval: float = 0.1,
+        timeout: float = 60.0,
+    ) -> None:
+        if mode not in wire.MODES:
+            raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
+        self.address = address
+        self.run = run
+        self.config = config
+        self.initial_state: State | None = initial_state
+        self.total_steps = total_steps
+        self.mode = mode
+        self.metadata = metadata
+        self.compile_views = compile_views
+        self.max_pending_bytes = max_pending_bytes
+        self.send_interval = send_interval
+        self.timeout = timeout
+        self._metadata = call_metadata(token or os.environ.get("TRAJSTORE_TOKEN"))
+        self._groups: list[GroupWriters] = []
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.IngestServiceStub | None = None
+        self._sender: BlockSender | None = None
+        self._clock = StepClock()
+        #: Frames durable per group when the run was opened (``append``: where each stands).
+        self.resumed_frames: list[int] = []
+
+    def __enter__(self) -> RemoteStorageWriter[State, Config]:
+        if self._sender is not None:
+            raise NotOpenError("this writer is already open")
+        self._groups, spec = prepare_groups(
+            self.config,
+            self.initial_state,
+            self.total_steps,
+            compile_views=self.compile_views,
+            metadata=self.metadata,
+        )
+        self._channel = open_channel(self.address)
+        self._stub = pb_grpc.IngestServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        try:
+            opened = self._stub.OpenRun(
+                pb.OpenRunRequest(
+                    run=self.run, mode=wire.MODES[self.mode], schema=wire.schema_to_proto(spec)
+                ),
+                timeout=self.timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            self._channel.close()
+            self._channel = None
+            raise wire.error_from_rpc(e) from None
+        self.resumed_frames = list(opened.frames)
+        self._sender = BlockSender(
+            self._stub,
+            opened.session,
+            spec,
+            part_bytes=int(opened.max_message_bytes),
+            metadata=self._metadata,
+            max_pending_bytes=self.max_pending_bytes,
+            send_interval=self.send_interval,
+        )
+        self._session = opened.session
+        self._clock = StepClock()
+        self.initial_state = None
+        return self
+
+    def log(self, state: State, step: int) -> None:
+        """Queue what the config selects from ``state`` at ``step``."""
+        sender = self._require_open()
+        sender.raise_if_failed()
+        step = self._clock.advance(step)
+        for group, index, leaves in extract_frames(self._groups, state, step):
+            sender.put_frame(group, index, leaves)
+        sender.actual_steps = step + 1
+
+    def flush(self) -> None:
+        """Return once the store has made everything logged so far durable."""
+        self._require_open().flush()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return
+        try:
+            try:
+                sender.close()
+            finally:
+                self._close_run(sender.actual_steps)
+        except Exception as close_error:
+            if exc is None:
+                raise
+            exc.add_note(f"trajstore: closing run {self.run!r} also failed: {close_error!r}")
+        finally:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+    def _close_run(self, actual_steps: int) -> None:
+        if self._stub is None:
+            return
+        try:
+            self._stub.CloseRun(
+                pb.CloseRunRequest(session=self._session, actual_steps=actual_steps),
+                timeout=self.timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            raise wire.error_from_rpc(e) from None
+
+    def _require_open(self) -> BlockSender:
+        if self._sender is None:
+            raise NotOpenError("log() and flush() work only inside the writer's `with` block")
+        return self._sender

@@ -1,0 +1,122 @@
+"""Building, starting and stopping a storage server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from trajstore.server.config import Limits, ServerConfig
+from trajstore.server.ingest import IngestServicer
+from trajstore.server.sessions import RunRegistry
+from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+
+__all__ = ["ServerHandle", "create_server", "serve"]
+
+log = logging.getLogger("trajstore.server")
+
+#: Room for a WriteRequest's other fields next to its data.
+MESSAGE_OVERHEAD = 64 << 10
+
+
+def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
+    """A gRPC server bound to ``config.listen`` (not started), its port and its run registry."""
+    os.makedirs(config.data_dir, exist_ok=True)
+    registry = RunRegistry(config)
+    max_message = config.limits.max_message_bytes + MESSAGE_OVERHEAD
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+        ],
+        maximum_concurrent_rpcs=config.max_workers,
+    )
+    pb_grpc.add_IngestServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        IngestServicer(registry), server
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    return server, port, registry
+
+
+class ServerHandle:
+    """A running storage server: knows its port, stops gracefully."""
+
+    def __init__(self, server: grpc.Server, port: int, registry: RunRegistry, config: ServerConfig):
+        self.server = server
+        self.port = port
+        self.registry = registry
+        self.config = config
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to connect to."""
+        host = self.config.listen.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]"):  # noqa: S104 (only rewriting for the client)
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting calls, let running ones finish, flush and close every run."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop(grace).wait()
+        self.registry.close_all()
+        log.info("server on port %d stopped", self.port)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    data_dir: str | os.PathLike[str],
+    listen: str = "127.0.0.1:0",
+    *,
+    limits: Limits | None = None,
+    flush_interval: float = 0.2,
+    lease_seconds: float = 60.0,
+    max_workers: int = 64,
+) -> ServerHandle:
+    """Start a storage server in this process; returns once it accepts calls.
+
+    Args:
+        data_dir: Where run files live.
+        listen: ``host:port`` to bind; port 0 picks a free port (see ``handle.port``).
+        limits: Per-caller limits (default: :class:`Limits`).
+        flush_interval: Seconds between background flushes (and acknowledgements).
+        lease_seconds: A writer session idle this long is released.
+        max_workers: Threads serving RPCs.
+    """
+    config = ServerConfig(
+        data_dir=Path(data_dir),
+        listen=listen,
+        limits=limits or Limits(),
+        flush_interval=flush_interval,
+        lease_seconds=lease_seconds,
+        max_workers=max_workers,
+    )
+    server, port, registry = create_server(config)
+    server.start()
+    log.info("trajstore server listening on port %d, data in %s", port, config.data_dir)
+    return ServerHandle(server, port, registry, config)

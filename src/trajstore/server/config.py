@@ -1,0 +1,55 @@
+"""Server settings and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Limits", "ServerConfig"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one caller may ask of the server; beyond it: ``RESOURCE_EXHAUSTED``.
+
+    Attributes:
+        max_message_bytes: Largest single gRPC message accepted.
+        max_frame_bytes: Largest frame of one group (all leaves).
+        max_groups: Groups per run.
+        max_leaves: Leaves per group.
+        max_dims: Dimensions per leaf.
+        max_schema_json_bytes: Size of a run's structure descriptions and metadata.
+        max_pending_bytes_per_run: Bytes received but not yet written, per run.
+        max_open_runs: Runs open for writing at once.
+    """
+
+    max_message_bytes: int = 8 << 20
+    max_frame_bytes: int = 4 << 30
+    max_groups: int = 256
+    max_leaves: int = 4096
+    max_dims: int = 32
+    max_schema_json_bytes: int = 4 << 20
+    max_pending_bytes_per_run: int = 256 << 20
+    max_open_runs: int = 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to run a storage server.
+
+    Attributes:
+        data_dir: Where run files live (``<data_dir>/<run>.h5``).
+        listen: Address to bind, e.g. ``127.0.0.1:50051`` (port 0: any free port).
+        limits: Per-caller limits.
+        flush_interval: Received data is made durable (and acknowledged) at
+            least this often, in seconds.
+        lease_seconds: A writer session idle this long is released.
+        max_workers: Threads serving RPCs (each open stream holds one).
+    """
+
+    data_dir: Path
+    listen: str = "127.0.0.1:50051"
+    limits: Limits = field(default_factory=Limits)
+    flush_interval: float = 0.2
+    lease_seconds: float = 60.0
+    max_workers: int = 64

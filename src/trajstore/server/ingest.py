@@ -1,0 +1,156 @@
+"""The ingest service: OpenRun, the Write stream, CloseRun."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from trajstore import errors, wire
+from trajstore.server.sessions import Ack, BlockHeader, RunRegistry, WriterSession
+from trajstore.v1 import ingest_pb2 as pb
+from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+
+__all__ = ["IngestServicer", "abort_with"]
+
+log = logging.getLogger("trajstore.server")
+R = TypeVar("R")
+
+
+def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
+    """End the call with ``error``'s status code; name its class for the client."""
+    if not isinstance(error, errors.TrajstoreError):
+        log.exception("unexpected error", exc_info=error)
+        error = errors.StorageError(f"internal server error: {error!r}")
+    context.set_trailing_metadata(((wire.ERROR_CLASS_KEY, type(error).__name__),))
+    context.abort(wire.status_code(error), str(error))
+
+
+def typed_errors(method: Callable[..., R]) -> Callable[..., R]:
+    """Turn exceptions of a unary handler into gRPC statuses (see :func:`abort_with`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except Exception as e:
+            abort_with(context, e)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _ack_message(ack: Ack) -> pb.WriteResponse:
+    return pb.WriteResponse(durable_block=ack.block, durable_frames=list(ack.frames))
+
+
+class IngestServicer(pb_grpc.IngestServiceServicer):
+    """Accepts runs streamed by simulation nodes."""
+
+    def __init__(self, registry: RunRegistry) -> None:
+        self.registry = registry
+
+    @typed_errors
+    def OpenRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.OpenRunRequest, context: grpc.ServicerContext
+    ) -> pb.OpenRunResponse:
+        """Open a run for one writer."""
+        spec = wire.schema_from_proto(request.schema)
+        mode = wire.mode_from_proto(request.mode)
+        session = self.registry.open(request.run, mode, spec)  # type: ignore[arg-type]
+        log.info("run %s opened (%s) by %s", request.run, mode, context.peer())
+        config = self.registry.config
+        return pb.OpenRunResponse(
+            session=session.id,
+            frames=list(session.ack.frames),
+            actual_steps=session.writer.file.actual_steps,
+            max_message_bytes=config.limits.max_message_bytes,
+            lease_seconds=config.lease_seconds,
+        )
+
+    @typed_errors
+    def CloseRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.CloseRunRequest, context: grpc.ServicerContext
+    ) -> pb.CloseRunResponse:
+        """Flush and close the run; release it for other writers."""
+        ack = self.registry.close(request.session, request.actual_steps)
+        return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=request.actual_steps)
+
+    def Write(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.WriteResponse]:
+        """Receive blocks; answer with acknowledgements as data becomes durable."""
+        try:
+            first = next(request_iterator, None)
+            if first is None:
+                return
+            session = self.registry.get(first.session)
+        except Exception as e:
+            abort_with(context, e)
+            return
+        with session.stream():
+            yield from self._acknowledge(session, first, request_iterator, context)
+
+    def _acknowledge(
+        self,
+        session: WriterSession,
+        first: pb.WriteRequest,
+        requests: Iterator[pb.WriteRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.WriteResponse]:
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def consume() -> None:
+            try:
+                request: pb.WriteRequest | None = first
+                while request is not None:
+                    _receive(session, request)
+                    request = next(requests, None)
+                session.writer.flush()  # the client is done: make everything durable
+            except Exception as e:
+                failure.append(e)
+            finally:
+                done.set()
+                session.wake()
+
+        consumer = threading.Thread(target=consume, name="trajstore-ingest", daemon=True)
+        consumer.start()
+        sent = session.ack
+        while True:
+            ack = session.wait_for_ack(sent, timeout=1.0, stop=done.is_set)
+            if ack != sent and ack.block:
+                sent = ack
+                yield _ack_message(ack)
+            if done.is_set() and session.ack == sent:
+                break
+            if session.closed or not context.is_active():
+                break
+        if failure:
+            abort_with(context, failure[0])
+
+
+def _receive(session: WriterSession, request: pb.WriteRequest) -> None:
+    if request.session and request.session != session.id:
+        raise errors.InvalidArgumentError("a write stream carries one session")
+    if not request.block and (request.count or request.total_bytes or request.data):
+        raise errors.InvalidArgumentError(
+            "frames sent without a block number (blocks count from 1)"
+        )
+    if request.block:
+        header = BlockHeader(
+            block=request.block,
+            group=request.group,
+            start=request.start,
+            count=request.count,
+            total_bytes=request.total_bytes,
+        )
+        session.receive(header, request.offset, request.data, request.actual_steps)
+    elif request.actual_steps:
+        session.writer.set_actual_steps(request.actual_steps)
+    if request.flush:
+        session.writer.flush(timeout=0)  # asynchronous: acknowledged when done

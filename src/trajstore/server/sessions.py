@@ -1,0 +1,305 @@
+"""Writer sessions: one open run, its background writer, and its acknowledgements."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trajstore.errors import (
+    FailedPreconditionError,
+    FrameMismatchError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RunExistsError,
+    RunLockedError,
+    RunNotFoundError,
+    StepOrderError,
+)
+from trajstore.schema import RunSpec
+from trajstore.server.config import ServerConfig
+from trajstore.server.limits import check_schema
+from trajstore.server.names import run_path
+from trajstore.store.background import BackgroundWriter
+from trajstore.store.writer import OpenMode, RunFileWriter
+
+__all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]
+
+log = logging.getLogger("trajstore.server")
+
+
+def _close_logged(session: WriterSession, why: str) -> None:
+    try:
+        session.writer.close()
+        log.info("%s: run %s closed", why, session.run)
+    except Exception:
+        log.exception("%s: run %s failed to close cleanly", why, session.run)
+    finally:
+        session.closed = True
+        session.wake()
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What is durable: every block up to ``block``, and ``frames`` per group."""
+
+    block: int
+    frames: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """The fields of a WriteRequest that describe its block."""
+
+    block: int
+    group: int
+    start: int
+    count: int
+    total_bytes: int
+
+
+@dataclass
+class _Assembly:
+    header: BlockHeader
+    buffer: bytearray
+    received: int = 0
+
+
+@dataclass
+class WriterSession:
+    """One writer's hold on one run."""
+
+    id: str
+    run: str
+    spec: RunSpec
+    writer: BackgroundWriter
+    max_block_bytes: int
+    last_active: float = field(default_factory=time.monotonic)
+    ack: Ack = Ack(0, ())
+    closed: bool = False
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    _streaming: threading.Lock = field(default_factory=threading.Lock)
+    _next_frame: list[int] = field(default_factory=list)
+    _last_block: int = 0
+    _assembly: _Assembly | None = None
+
+    def __post_init__(self) -> None:
+        self._next_frame = [0] * len(self.spec.groups)
+        self._frame_bytes = [g.frame_nbytes for g in self.spec.groups]
+        self.ack = Ack(0, tuple(self.writer.durable_frames))
+
+    def touch(self) -> None:
+        """Note activity (keeps the lease)."""
+        self.last_active = time.monotonic()
+
+    def on_flush(self, frames: list[int], tag: int | None) -> None:
+        """Record a flush of the background writer (called on its thread)."""
+        with self._changed:
+            self.ack = Ack(tag if tag is not None else self.ack.block, tuple(frames))
+            self._changed.notify_all()
+
+    def wait_for_ack(self, after: Ack, timeout: float, stop: Callable[[], bool]) -> Ack:
+        """Wait up to ``timeout`` s for an acknowledgement other than ``after``, or ``stop()``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.ack != after or self.closed or stop(), timeout)
+            return self.ack
+
+    def wake(self) -> None:
+        """Wake threads waiting for acknowledgements."""
+        with self._changed:
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """Hold the session's single write stream."""
+        if not self._streaming.acquire(blocking=False):
+            raise RunLockedError(f"run {self.run!r} already has a write stream in this session")
+        try:
+            yield
+        finally:
+            self._streaming.release()
+
+    def receive(self, header: BlockHeader, offset: int, data: bytes, actual_steps: int) -> None:
+        """Take one part of a block; submit the block when it is whole."""
+        self.touch()
+        assembly = self._assembly
+        if assembly is None or assembly.header != header:
+            if assembly is not None:
+                raise InvalidArgumentError(
+                    f"block {assembly.header.block} ended after {assembly.received} of "
+                    f"{assembly.header.total_bytes} bytes"
+                )
+            self._check_header(header)
+            if offset == 0 and len(data) == header.total_bytes:
+                self._submit(header, data, actual_steps)  # the common case: no copy
+                return
+            assembly = self._assembly = _Assembly(header, bytearray(header.total_bytes))
+        if offset != assembly.received or offset + len(data) > header.total_bytes:
+            raise InvalidArgumentError(
+                f"block {header.block}: part at byte {offset} ({len(data)} bytes) does not "
+                f"continue the {assembly.received} bytes received of {header.total_bytes}"
+            )
+        assembly.buffer[offset : offset + len(data)] = data
+        assembly.received += len(data)
+        if assembly.received == header.total_bytes:
+            self._assembly = None
+            self._submit(header, assembly.buffer, actual_steps)
+
+    def _check_header(self, header: BlockHeader) -> None:
+        groups = self.spec.groups
+        if header.block != self._last_block + 1:
+            raise InvalidArgumentError(
+                f"block {header.block} arrived after block {self._last_block}"
+            )
+        if not 0 <= header.group < len(groups):
+            raise FrameMismatchError(f"unknown group {header.group}; the run has {len(groups)}")
+        group = groups[header.group]
+        if header.start < 0 or header.count < 1:
+            raise FrameMismatchError(f"{group.name}: a block needs start >= 0 and count >= 1")
+        if not group.time_axis and (header.start != 0 or header.count != 1):
+            raise FrameMismatchError(f"{group.name} has no time axis: it holds one frame")
+        if header.start < self._next_frame[header.group]:
+            raise StepOrderError(
+                f"{group.name}: frames go backwards (index {header.start} after "
+                f"{self._next_frame[header.group] - 1}) within one session"
+            )
+        expected = header.count * self._frame_bytes[header.group]
+        if header.total_bytes != expected:
+            raise FrameMismatchError(
+                f"{group.name}: {header.count} frame(s) are {expected} bytes, "
+                f"the block declares {header.total_bytes}"
+            )
+        if expected > self.max_block_bytes and header.count > 1:
+            raise ResourceExhaustedError(
+                f"{group.name}: blocks of more than {self.max_block_bytes} bytes must hold "
+                f"one frame"
+            )
+
+    def _submit(self, header: BlockHeader, payload: bytes | bytearray, actual_steps: int) -> None:
+        group = self.spec.groups[header.group]
+        leaves = []
+        offset = 0
+        for leaf in group.leaves:
+            n = header.count * math.prod(leaf.shape)
+            nbytes = n * leaf.np_dtype.itemsize
+            if nbytes:
+                array = np.frombuffer(payload, dtype=leaf.np_dtype, count=n, offset=offset)
+            else:
+                array = np.zeros(0, leaf.np_dtype)
+            leaves.append(array.reshape((header.count, *leaf.shape)))
+            offset += nbytes
+        self._last_block = header.block
+        self._next_frame[header.group] = header.start + header.count
+        self.writer.set_actual_steps(max(actual_steps, 0))
+        self.writer.submit_block(header.group, header.start, header.count, leaves, tag=header.block)
+
+
+class RunRegistry:
+    """The runs open for writing, and who holds each."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._by_run: dict[str, WriterSession] = {}
+        self._by_id: dict[str, WriterSession] = {}
+
+    def open(self, run: str, mode: OpenMode, spec: RunSpec) -> WriterSession:
+        """Open ``run`` for one writer; :class:`RunLockedError` if another holds it."""
+        path = run_path(self.config.data_dir, run)
+        check_schema(spec, self.config.limits)
+        with self._lock:
+            held = self._by_run.get(run)
+            if held is not None:
+                if time.monotonic() - held.last_active < self.config.lease_seconds:
+                    raise RunLockedError(f"run {run!r} is being written by another writer")
+                self._release(held)
+            if len(self._by_run) >= self.config.limits.max_open_runs:
+                raise ResourceExhaustedError(
+                    f"{len(self._by_run)} runs are open; this server allows "
+                    f"{self.config.limits.max_open_runs}"
+                )
+            session = self._create(run, path, mode, spec)
+            self._by_run[run] = session
+            self._by_id[session.id] = session
+            return session
+
+    def _create(self, run: str, path: Path, mode: OpenMode, spec: RunSpec) -> WriterSession:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            file = RunFileWriter(path, spec, mode=mode)
+        except RunExistsError:
+            raise RunExistsError(
+                f"run {run!r} already exists (open it with mode 'overwrite' or 'append')"
+            ) from None
+        except RunNotFoundError:
+            raise RunNotFoundError(f"no run {run!r} to append to") from None
+        holder: list[WriterSession] = []
+        writer = BackgroundWriter(
+            file,
+            max_pending_bytes=self.config.limits.max_pending_bytes_per_run,
+            flush_interval=self.config.flush_interval,
+            on_flush=lambda frames, tag: holder[0].on_flush(frames, tag) if holder else None,
+        )
+        session = WriterSession(
+            id=secrets.token_hex(16),
+            run=run,
+            spec=file.spec,
+            writer=writer,
+            max_block_bytes=self.config.limits.max_frame_bytes,
+        )
+        holder.append(session)
+        return session
+
+    def get(self, session_id: str) -> WriterSession:
+        """The open session ``session_id``."""
+        with self._lock:
+            session = self._by_id.get(session_id)
+        if session is None:
+            raise FailedPreconditionError("no open writer session with that id (closed or expired)")
+        return session
+
+    def close(self, session_id: str, actual_steps: int | None = None) -> Ack:
+        """Flush and close a session's run; return the final acknowledgement."""
+        session = self.get(session_id)
+        if actual_steps is not None:
+            session.writer.set_actual_steps(actual_steps)
+        with self._lock:
+            self._forget(session)
+        try:
+            session.writer.close()
+        finally:
+            session.closed = True
+            session.wake()
+        return Ack(session.ack.block, tuple(session.writer.durable_frames))
+
+    def _forget(self, session: WriterSession) -> None:
+        if self._by_run.get(session.run) is session:
+            del self._by_run[session.run]
+        self._by_id.pop(session.id, None)
+
+    def _release(self, session: WriterSession) -> None:
+        """Release an expired session: keep what it wrote, close its file."""
+        self._forget(session)
+        _close_logged(session, "releasing expired session")
+
+    def close_all(self) -> None:
+        """Flush and close every open run (server shutdown)."""
+        with self._lock:
+            sessions = list(self._by_id.values())
+            for session in sessions:
+                self._forget(session)
+        for session in sessions:
+            _close_logged(session, "closing at shutdown")
+
+    @property
+    def open_runs(self) -> int:
+        """Runs open for writing now."""
+        return len(self._by_run)

@@ -1,0 +1,202 @@
+"""The wire: specs to and from protobuf, errors to and from gRPC status codes.
+
+Shared by the client and the server; imports neither JAX nor the HDF5 core.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from trajstore import errors
+from trajstore.compression import Compression
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec, structure_leaves
+from trajstore.v1 import ingest_pb2 as pb
+
+__all__ = [
+    "ERROR_CLASS_KEY",
+    "MODES",
+    "block_payload",
+    "error_from_rpc",
+    "mode_from_proto",
+    "schema_from_proto",
+    "schema_to_proto",
+    "split_payload",
+    "status_code",
+]
+
+#: Trailing-metadata key naming the TrajstoreError subclass the server raised.
+ERROR_CLASS_KEY = "trajstore-error-class"
+
+MODES = {
+    "create": pb.OPEN_MODE_CREATE,
+    "overwrite": pb.OPEN_MODE_OVERWRITE,
+    "append": pb.OPEN_MODE_APPEND,
+}
+_MODE_NAMES: dict[int, str] = {int(v): k for k, v in MODES.items()}
+_MODE_NAMES[pb.OPEN_MODE_UNSPECIFIED] = "create"
+
+_CODECS = {"zstd": pb.CODEC_ZSTD, "gzip": pb.CODEC_GZIP, "lzf": pb.CODEC_LZF}
+_CODEC_NAMES = {v: k for k, v in _CODECS.items()}
+
+
+def mode_from_proto(mode: int) -> str:
+    """Open mode name of a proto ``OpenMode``; :class:`InvalidArgumentError` if unknown."""
+    try:
+        return _MODE_NAMES[mode]
+    except KeyError:
+        raise errors.InvalidArgumentError(f"unknown open mode {mode}") from None
+
+
+def _compression_to_proto(compression: Compression | None) -> pb.Compression:
+    if compression is None:
+        return pb.Compression(codec=pb.CODEC_NONE)
+    return pb.Compression(
+        codec=_CODECS[compression.codec],
+        level=compression.level,
+        shuffle=compression.shuffle,
+        target_chunk_bytes=compression.target_chunk_bytes,
+    )
+
+
+def _compression_from_proto(message: pb.Compression) -> Compression | None:
+    if message.codec in (pb.CODEC_NONE, pb.CODEC_UNSPECIFIED):
+        return None
+    if message.codec not in _CODEC_NAMES:
+        raise errors.SchemaError(f"unknown codec {message.codec}")
+    try:
+        return Compression(
+            codec=_CODEC_NAMES[message.codec],  # type: ignore[arg-type]
+            level=message.level,
+            shuffle=message.shuffle,
+            target_chunk_bytes=message.target_chunk_bytes,
+        )
+    except ValueError as e:
+        raise errors.SchemaError(f"bad compression: {e}") from None
+
+
+def schema_to_proto(spec: RunSpec) -> pb.RunSchema:
+    """Describe ``spec`` for the wire."""
+    message = pb.RunSchema(
+        groups=[
+            pb.GroupSchema(
+                name=g.name,
+                time_axis=g.time_axis,
+                leaves=[
+                    pb.LeafSchema(path=leaf.path, dtype=leaf.dtype, shape=list(leaf.shape))
+                    for leaf in g.leaves
+                ],
+                structure_json=json.dumps(g.structure),
+                frequency_json=json.dumps(g.frequency),
+                compression=_compression_to_proto(g.compression),
+            )
+            for g in spec.groups
+        ],
+        config_structure_json=json.dumps(spec.config_structure),
+        metadata_json=spec.metadata_json,
+    )
+    if spec.total_steps is not None:
+        message.total_steps = spec.total_steps
+    return message
+
+
+def _json_object(text: str, what: str, *, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise errors.SchemaError(f"{what} is not valid JSON") from None
+
+
+def schema_from_proto(message: pb.RunSchema) -> RunSpec:
+    """Rebuild a :class:`RunSpec`, validating what the spec classes validate."""
+    try:
+        groups = tuple(
+            GroupSpec(
+                name=g.name,
+                time_axis=g.time_axis,
+                leaves=tuple(
+                    LeafSpec(leaf.path, leaf.dtype, tuple(leaf.shape)) for leaf in g.leaves
+                ),
+                structure=_json_object(g.structure_json, "structure", default={}),
+                frequency=_json_object(g.frequency_json, "frequency", default={}),
+                compression=_compression_from_proto(g.compression),
+            )
+            for g in message.groups
+        )
+        for group in groups:
+            if group.structure and structure_leaves(group.structure) != len(group.leaves):
+                raise errors.SchemaError(f"{group.name}: structure and leaves disagree")
+        metadata = message.metadata_json or "{}"
+        if not isinstance(_json_object(metadata, "metadata", default={}), dict):
+            raise errors.SchemaError("metadata must be a JSON object")
+        return RunSpec(
+            groups=groups,
+            config_structure=_json_object(message.config_structure_json, "config", default={}),
+            metadata_json=metadata,
+            total_steps=message.total_steps if message.HasField("total_steps") else None,
+        )
+    except errors.TrajstoreError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        raise errors.SchemaError(f"invalid schema: {e}") from None
+
+
+def block_payload(leaves: Sequence[np.ndarray]) -> bytes:
+    """The wire payload of a block: each stacked leaf's bytes, little-endian, C order."""
+    return b"".join(np.ascontiguousarray(leaf).tobytes() for leaf in leaves)
+
+
+def split_payload(payload: bytes, part_bytes: int) -> list[tuple[int, memoryview]]:
+    """``(offset, part)`` slices of at most ``part_bytes`` (at least one part)."""
+    view = memoryview(payload)
+    if len(view) <= part_bytes:
+        return [(0, view)]
+    return [(o, view[o : o + part_bytes]) for o in range(0, len(view), part_bytes)]
+
+
+_STATUS = {name: getattr(grpc.StatusCode, name) for name in dir(grpc.StatusCode) if name.isupper()}
+
+
+def status_code(error: errors.TrajstoreError) -> grpc.StatusCode:
+    """The gRPC status code ``error`` travels as."""
+    return _STATUS.get(error.status, grpc.StatusCode.UNKNOWN)
+
+
+_DEFAULT_CLASS = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: errors.NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPreconditionError,
+    grpc.StatusCode.OUT_OF_RANGE: errors.FrameIndexError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDeniedError,
+    grpc.StatusCode.UNAVAILABLE: errors.UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.UnavailableError,
+    grpc.StatusCode.INTERNAL: errors.StorageError,
+}
+
+
+def error_from_rpc(error: grpc.RpcError) -> errors.TrajstoreError:
+    """The :class:`~trajstore.TrajstoreError` a failed call stands for.
+
+    The server names the class it raised in trailing metadata; that name is
+    looked up among trajstore's own error classes (never imported). Without
+    it, the status code picks a class.
+    """
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(code)
+    cls: type[errors.TrajstoreError] | None = None
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_CLASS_KEY:
+            cls = errors.error_class_for(str(value))
+    if cls is None or cls.status != getattr(code, "name", None):
+        cls = _DEFAULT_CLASS.get(code, errors.TrajstoreError)
+    return cls(details)

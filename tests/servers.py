@@ -1,0 +1,67 @@
+"""Real storage servers in their own processes, on port 0, for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class StoreProcess:
+    """A ``trajstore serve`` process and where it keeps its runs."""
+
+    process: subprocess.Popen[str]
+    address: str
+    data_dir: Path
+    log: list[str]
+
+    def run_file(self, run: str) -> Path:
+        return self.data_dir / f"{run}.h5"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_store(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> StoreProcess:
+    """Start ``python -m trajstore serve`` on 127.0.0.1:0 and wait until it listens."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trajstore",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    log: list[str] = []
+    address = None
+    for line in process.stdout:
+        log.append(line)
+        if line.startswith("trajstore serving on "):
+            address = line.split()[3]
+            break
+    if address is None:
+        process.wait(30)
+        raise RuntimeError("store did not start:\n" + "".join(log))
+    # Keep draining its output so that it never blocks on a full pipe.
+    threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True).start()
+    return StoreProcess(process, address, data_dir, log)
