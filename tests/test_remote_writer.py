@@ -231,3 +231,38 @@ def test_metadata_and_spec_travel(store):
     with h5py.File(store.run_file("meta"), "r") as f:
         assert json.loads(f.attrs["metadata"]) == {"T": 300, "tags": ["a", "b"]}
         assert f.attrs["total_steps"] == 4
+
+
+def test_log_blocks_while_the_store_is_stalled_and_drops_nothing(store):
+    import os
+    import signal
+    import threading
+
+    frame_bytes = 64 * 1024
+    config = {"x": WriterGroupConfig(view(lambda s: s), EveryNStep(1), compression=None)}
+    first = np.zeros(frame_bytes // 4, np.float32)
+    logged: list[int] = []
+    with RemoteStorageWriter(store.address, "stall", config, first, 100, compile_views=False,
+                             max_pending_bytes=8 * frame_bytes, send_interval=0.01) as log:
+        log.log(first, 0)
+        log.flush()
+        os.kill(store.process.pid, signal.SIGSTOP)  # the store stops answering
+        try:
+            def produce():
+                for step in range(1, 60):
+                    log.log(np.full(frame_bytes // 4, step, np.float32), step)
+                    logged.append(step)
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            producer.join(1.0)
+            assert producer.is_alive(), "log() did not block with the store stalled"
+            assert len(logged) <= 8
+        finally:
+            os.kill(store.process.pid, signal.SIGCONT)
+        producer.join(120)
+        assert not producer.is_alive()
+    with HDF5StorageReader(store.run_file("stall")) as reader:
+        x = reader.focus_group("group['x']")
+        assert len(x) == 60
+        np.testing.assert_array_equal(x[:, 0], np.arange(60))
