@@ -242,12 +242,21 @@ def test_log_blocks_while_the_store_is_stalled_and_drops_nothing(store):
     config = {"x": WriterGroupConfig(view(lambda s: s), EveryNStep(1), compression=None)}
     first = np.zeros(frame_bytes // 4, np.float32)
     logged: list[int] = []
-    with RemoteStorageWriter(store.address, "stall", config, first, 100, compile_views=False,
-                             max_pending_bytes=8 * frame_bytes, send_interval=0.01) as log:
+    with RemoteStorageWriter(
+        store.address,
+        "stall",
+        config,
+        first,
+        100,
+        compile_views=False,
+        max_pending_bytes=8 * frame_bytes,
+        send_interval=0.01,
+    ) as log:
         log.log(first, 0)
         log.flush()
         os.kill(store.process.pid, signal.SIGSTOP)  # the store stops answering
         try:
+
             def produce():
                 for step in range(1, 60):
                     log.log(np.full(frame_bytes // 4, step, np.float32), step)

@@ -1,0 +1,82 @@
+"""Starting and stopping the store: in Python, and by command with flags or variables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from trajstore import HDF5StorageReader, RemoteStorageWriter, serve
+
+from helpers import md_config, md_state
+
+
+def test_in_process_serve_on_port_zero_and_graceful_stop(tmp_path):
+    handle = serve(tmp_path / "data", "127.0.0.1:0")
+    try:
+        assert handle.port > 0
+        state = md_state()
+        with RemoteStorageWriter(handle.address, "p/r", md_config(), state, 4) as log:
+            for step in range(4):
+                log.log(state, step)
+    finally:
+        handle.stop()
+    assert handle.wait(0)
+    with HDF5StorageReader(tmp_path / "data" / "p" / "r.h5") as reader:
+        assert reader.actual_steps == 4
+
+
+def test_stop_flushes_runs_still_open(tmp_path):
+    handle = serve(tmp_path / "data", "127.0.0.1:0", flush_interval=3600)
+    state = md_state()
+    log = RemoteStorageWriter(handle.address, "open", md_config(every=1), state, 4).__enter__()
+    for step in range(3):
+        log.log(state, step)
+    log.flush()
+    handle.stop(grace=1)  # the writer never closed the run: the store still closes it cleanly
+    import h5py
+
+    with h5py.File(tmp_path / "data" / "open.h5", "r") as f:  # plain open: not left in SWMR
+        assert f["group['energy']"].attrs["frames"] == 3
+    log._sender.cancel()  # the connection is gone; abandon it
+
+
+def test_every_flag_is_also_an_environment_variable(tmp_path):
+    env = {
+        **os.environ,
+        "TRAJSTORE_DATA_DIR": str(tmp_path / "envdata"),
+        "TRAJSTORE_LISTEN": "127.0.0.1:0",
+        "TRAJSTORE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trajstore", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    process.terminate()
+    assert process.wait(60) == 0
+    assert line.startswith("trajstore serving on 127.0.0.1:")
+    assert str(tmp_path / "envdata") in line
+    assert (tmp_path / "envdata").is_dir()
+
+
+def test_help_lists_the_variables():
+    result = subprocess.run(
+        [sys.executable, "-m", "trajstore", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for variable in (
+        "TRAJSTORE_DATA_DIR",
+        "TRAJSTORE_LISTEN",
+        "TRAJSTORE_FLUSH_INTERVAL",
+        "TRAJSTORE_MAX_MESSAGE_BYTES",
+        "TRAJSTORE_MAX_OPEN_RUNS",
+    ):
+        assert variable in result.stdout
