@@ -30,3 +30,12 @@ def store(tmp_path):
     yield server
     code = server.stop()
     assert code == 0, "".join(server.log)
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One store process for a whole test module (tests use distinct run names)."""
+    server: StoreProcess = start_store(tmp_path_factory.mktemp("shared") / "data")
+    yield server
+    code = server.stop()
+    assert code == 0, "".join(server.log)

@@ -33,6 +33,9 @@ __all__ = [
     "GroupWriters",
     # the network
     "RemoteStorageWriter",
+    "RemoteStorageReader",
+    "RemoteGroupReader",
+    "connect",
     "serve",
     # errors
     "TrajstoreError",
@@ -54,10 +57,14 @@ _LOCATIONS = {
     "GroupWriters": "trajstore.groups",
     "TrajstoreError": "trajstore.errors",
     "RemoteStorageWriter": "trajstore.client.writer",
+    "RemoteStorageReader": "trajstore.client.reader",
+    "RemoteGroupReader": "trajstore.client.reader",
+    "connect": "trajstore.client.reader",
     "serve": "trajstore.server.app",
 }
 
 if TYPE_CHECKING:
+    from trajstore.client.reader import RemoteGroupReader, RemoteStorageReader, connect
     from trajstore.client.writer import RemoteStorageWriter
     from trajstore.compression import Compression
     from trajstore.config import Logger, WriterGroupConfig

@@ -6,6 +6,7 @@ Shared by the client and the server; imports neither JAX nor the HDF5 core.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +17,15 @@ from trajstore import errors
 from trajstore.compression import Compression
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, structure_leaves
 from trajstore.v1 import ingest_pb2 as pb
+from trajstore.v1 import query_pb2 as qpb
 
 __all__ = [
     "ERROR_CLASS_KEY",
     "MODES",
     "block_payload",
     "error_from_rpc",
+    "index_from_proto",
+    "index_to_proto",
     "mode_from_proto",
     "schema_from_proto",
     "schema_to_proto",
@@ -145,6 +149,80 @@ def schema_from_proto(message: pb.RunSchema) -> RunSpec:
         raise
     except (TypeError, ValueError, OverflowError) as e:
         raise errors.SchemaError(f"invalid schema: {e}") from None
+
+
+def metadata_from_json(text: str) -> dict[str, Any]:
+    """User metadata from its JSON form (``{}`` if empty or not an object)."""
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _as_int(value: object) -> int:
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise errors.FrameIndexError(
+            f"only integers, slices (`:`) and ellipsis (`...`) are valid indices, "
+            f"got {type(value).__name__}"
+        ) from None
+
+
+def index_to_proto(index: object) -> tuple[list[qpb.IndexComponent], bool]:
+    """Encode a numpy basic index: ``(components, was_a_tuple)``.
+
+    Raises:
+        FrameIndexError: For anything but ints, slices of ints and ``...``,
+            as a local read would.
+    """
+    is_tuple = isinstance(index, tuple)
+    components = []
+    for part in index if isinstance(index, tuple) else (index,):
+        if part is Ellipsis:
+            components.append(qpb.IndexComponent(ellipsis=True))
+        elif isinstance(part, slice):
+            piece = qpb.Slice()
+            for name in ("start", "stop", "step"):
+                value = getattr(part, name)
+                if value is not None:
+                    try:
+                        setattr(piece, name, operator.index(value))
+                    except TypeError:
+                        raise errors.FrameIndexError(
+                            f"slice indices must be integers or None, got {part!r}"
+                        ) from None
+            components.append(qpb.IndexComponent(slice=piece))
+        elif isinstance(part, bool) or part is None:
+            raise errors.FrameIndexError(f"unsupported index {part!r}: basic indexing only")
+        else:
+            components.append(qpb.IndexComponent(integer=_as_int(part)))
+    return components, is_tuple
+
+
+def index_from_proto(components: Sequence[qpb.IndexComponent], is_tuple: bool) -> object:
+    """Decode what :func:`index_to_proto` encoded."""
+    parts: list[object] = []
+    for component in components:
+        kind = component.WhichOneof("kind")
+        if kind == "integer":
+            parts.append(component.integer)
+        elif kind == "ellipsis":
+            parts.append(Ellipsis)
+        elif kind == "slice":
+            s = component.slice
+            parts.append(
+                slice(
+                    s.start if s.HasField("start") else None,
+                    s.stop if s.HasField("stop") else None,
+                    s.step if s.HasField("step") else None,
+                )
+            )
+        else:
+            raise errors.InvalidArgumentError("an index component must be set")
+    if is_tuple:
+        return tuple(parts)
+    if len(parts) != 1:
+        raise errors.InvalidArgumentError("a non-tuple index has exactly one component")
+    return parts[0]
 
 
 def block_payload(leaves: Sequence[np.ndarray]) -> bytes:

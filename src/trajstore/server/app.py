@@ -12,9 +12,12 @@ from types import TracebackType
 import grpc
 
 from trajstore.server.config import Limits, ServerConfig
+from trajstore.server.files import RunFiles
 from trajstore.server.ingest import IngestServicer
+from trajstore.server.query import QueryServicer
 from trajstore.server.sessions import RunRegistry
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+from trajstore.v1 import query_pb2_grpc as qpb_grpc
 
 __all__ = ["ServerHandle", "create_server", "serve"]
 
@@ -27,7 +30,7 @@ MESSAGE_OVERHEAD = 64 << 10
 def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     """A gRPC server bound to ``config.listen`` (not started), its port and its run registry."""
     os.makedirs(config.data_dir, exist_ok=True)
-    registry = RunRegistry(config)
+    registry = RunRegistry(config, RunFiles(config.data_dir))
     max_message = config.limits.max_message_bytes + MESSAGE_OVERHEAD
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
@@ -39,6 +42,9 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     )
     pb_grpc.add_IngestServiceServicer_to_server(  # type: ignore[no-untyped-call]
         IngestServicer(registry), server
+    )
+    qpb_grpc.add_QueryServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        QueryServicer(registry, part_bytes=config.limits.max_message_bytes), server
     )
     port = server.add_insecure_port(config.listen)
     if port == 0:
@@ -71,6 +77,7 @@ class ServerHandle:
         self._stopped.set()
         self.server.stop(grace).wait()
         self.registry.close_all()
+        self.registry.files.close_all()
         log.info("server on port %d stopped", self.port)
 
     def wait(self, timeout: float | None = None) -> bool:

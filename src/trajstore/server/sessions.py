@@ -26,6 +26,7 @@ from trajstore.errors import (
 )
 from trajstore.schema import RunSpec
 from trajstore.server.config import ServerConfig
+from trajstore.server.files import RunFiles
 from trajstore.server.limits import check_schema
 from trajstore.server.names import run_path
 from trajstore.store.background import BackgroundWriter
@@ -205,36 +206,51 @@ class WriterSession:
 class RunRegistry:
     """The runs open for writing, and who holds each."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, files: RunFiles) -> None:
         self.config = config
+        self.files = files
         self._lock = threading.Lock()
         self._by_run: dict[str, WriterSession] = {}
         self._by_id: dict[str, WriterSession] = {}
+        self._opening: set[str] = set()
 
     def open(self, run: str, mode: OpenMode, spec: RunSpec) -> WriterSession:
         """Open ``run`` for one writer; :class:`RunLockedError` if another holds it."""
         path = run_path(self.config.data_dir, run)
         check_schema(spec, self.config.limits)
+        expired = None
         with self._lock:
             held = self._by_run.get(run)
+            if run in self._opening or (
+                held is not None and time.monotonic() - held.last_active < self.config.lease_seconds
+            ):
+                raise RunLockedError(f"run {run!r} is being written by another writer")
             if held is not None:
-                if time.monotonic() - held.last_active < self.config.lease_seconds:
-                    raise RunLockedError(f"run {run!r} is being written by another writer")
-                self._release(held)
-            if len(self._by_run) >= self.config.limits.max_open_runs:
+                expired = held
+                self._forget(held)
+            if len(self._by_run) + len(self._opening) >= self.config.limits.max_open_runs:
                 raise ResourceExhaustedError(
                     f"{len(self._by_run)} runs are open; this server allows "
                     f"{self.config.limits.max_open_runs}"
                 )
+            self._opening.add(run)  # reserved: files are opened outside the lock
+        try:
+            if expired is not None:
+                _close_logged(expired, "releasing expired session")
             session = self._create(run, path, mode, spec)
-            self._by_run[run] = session
-            self._by_id[session.id] = session
+            with self._lock:
+                self._by_run[run] = session
+                self._by_id[session.id] = session
             return session
+        finally:
+            with self._lock:
+                self._opening.discard(run)
 
     def _create(self, run: str, path: Path, mode: OpenMode, spec: RunSpec) -> WriterSession:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            file = RunFileWriter(path, spec, mode=mode)
+            with self.files.writing(run):
+                file = RunFileWriter(path, spec, mode=mode)
         except RunExistsError:
             raise RunExistsError(
                 f"run {run!r} already exists (open it with mode 'overwrite' or 'append')"
@@ -257,6 +273,11 @@ class RunRegistry:
         )
         holder.append(session)
         return session
+
+    def session_for(self, run: str) -> WriterSession | None:
+        """The session writing ``run``, if one is open."""
+        with self._lock:
+            return self._by_run.get(run)
 
     def get(self, session_id: str) -> WriterSession:
         """The open session ``session_id``."""
@@ -284,11 +305,6 @@ class RunRegistry:
         if self._by_run.get(session.run) is session:
             del self._by_run[session.run]
         self._by_id.pop(session.id, None)
-
-    def _release(self, session: WriterSession) -> None:
-        """Release an expired session: keep what it wrote, close its file."""
-        self._forget(session)
-        _close_logged(session, "releasing expired session")
 
     def close_all(self) -> None:
         """Flush and close every open run (server shutdown)."""

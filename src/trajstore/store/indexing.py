@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import TypeAlias
 
-from trajstore.errors import FrameIndexError
+from trajstore.errors import FrameIndexError, InvalidArgumentError
 
 __all__ = ["Index", "Plan", "plan_index"]
 
@@ -78,7 +78,14 @@ def plan_index(index: object, shape: tuple[int, ...]) -> Plan:
     out_shape: list[int] = []
     for axis, (component, size) in enumerate(zip(expanded, shape, strict=True)):
         if isinstance(component, slice):
-            r = range(*component.indices(size))
+            try:
+                r = range(*component.indices(size))
+            except ValueError as e:  # a zero step
+                raise InvalidArgumentError(str(e)) from None
+            except TypeError:
+                raise FrameIndexError(
+                    f"slice indices must be integers or None, got {component!r}"
+                ) from None
             if len(r) == 0:
                 hyperslab.append(slice(0, 0))
                 fixup.append(slice(None))

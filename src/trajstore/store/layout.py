@@ -2,8 +2,8 @@
 
 One HDF5 file per run. Root attributes: ``group_names`` (JSON list),
 ``actual_steps``, ``trajstore_format``, ``metadata`` (JSON object),
-``config_structure`` (JSON) and ``total_steps`` (the writer's hint, ``-1`` if
-none). One HDF5 group per logging group, holding one dataset per leaf
+``config_structure`` (JSON), ``total_steps`` (the writer's hint, ``-1`` if
+none) and ``created`` (Unix time). One HDF5 group per logging group, holding one dataset per leaf
 (``"array" + keystr(leaf path)``) and the attributes ``spec`` (the
 :class:`~trajstore.schema.GroupSpec` as JSON), ``paths`` (dataset names in
 leaf order, as kUPS writes them) and ``frames`` (frames written).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from trajstore.compression import DEFAULT_TARGET_CHUNK_BYTES, Compression
@@ -47,6 +48,7 @@ ATTR_ACTUAL_STEPS = "actual_steps"
 ATTR_METADATA = "metadata"
 ATTR_CONFIG_STRUCTURE = "config_structure"
 ATTR_TOTAL_STEPS = "total_steps"
+ATTR_CREATED = "created"
 ATTR_GROUP_SPEC = "spec"
 ATTR_PATHS = "paths"
 ATTR_FRAMES = "frames"
@@ -133,4 +135,5 @@ def run_attrs(spec: RunSpec) -> dict[str, Any]:
         ATTR_METADATA: spec.metadata_json,
         ATTR_CONFIG_STRUCTURE: json.dumps(spec.config_structure),
         ATTR_TOTAL_STEPS: -1 if spec.total_steps is None else spec.total_steps,
+        ATTR_CREATED: time.time(),
     }

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from trajstore.errors import (
     SchemaError,
     StorageError,
 )
-from trajstore.schema import GroupSpec, RunSpec
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store import layout
-from trajstore.store.indexing import plan_index
+from trajstore.store.indexing import Plan, plan_index
 
 __all__ = ["RunFileReader"]
 
@@ -89,6 +90,12 @@ class RunFileReader:
         self._file.close()
 
     @property
+    def created(self) -> float | None:
+        """When the run was created (Unix time), if the file records it."""
+        value = self._file.attrs.get(layout.ATTR_CREATED)
+        return None if value is None else float(value)
+
+    @property
     def actual_steps(self) -> int:
         """Steps the writer reported, as of its last flush."""
         return int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
@@ -106,6 +113,37 @@ class RunFileReader:
         """Frames of ``group`` that the writer has made durable."""
         return int(self._file[self.spec.groups[group].name].attrs[layout.ATTR_FRAMES])
 
+    def _dataset(self, group: int, leaf: int, frames: int | None) -> tuple[h5py.Dataset, int]:
+        """A leaf's dataset, refreshed to show ``frames`` frames, and that frame count."""
+        if not self._file.id.valid:
+            raise NotOpenError(f"{self.path.name} is closed; read inside the reader's `with` block")
+        spec = self.spec.groups[group]
+        if frames is None:
+            frames = self.frames(group)
+        if not spec.time_axis and frames == 0:
+            raise FrameIndexError(f"{spec.name} was never written (it logs at step 0 only)")
+        ds = self._file[spec.name][spec.leaves[leaf].dataset_name]
+        if spec.time_axis and ds.shape[0] < frames:
+            ds.refresh()
+        return ds, frames
+
+    def plan(self, group: int, leaf: int, index: Any, frames: int) -> Plan:
+        """How ``array[index]`` of a leaf with ``frames`` frames reads (raises IndexError)."""
+        spec = self.spec.groups[group]
+        shape = ((frames,) if spec.time_axis else ()) + spec.leaves[leaf].shape
+        return plan_index(index, shape)
+
+    def _read(self, ds: h5py.Dataset, leaf: LeafSpec, plan: Plan) -> np.ndarray:
+        try:
+            data = np.asarray(ds[plan.hyperslab])
+        except OSError as e:
+            raise StorageError(f"reading {ds.name} failed: {e}") from e
+        if plan.needs_fixup:
+            data = data[plan.fixup]
+        if data.dtype != leaf.np_dtype:
+            data = data.view(leaf.np_dtype)
+        return data
+
     def read(
         self,
         group: int,
@@ -113,7 +151,7 @@ class RunFileReader:
         index: Any,
         *,
         frames: int | None = None,
-    ) -> list[np.ndarray]:
+    ) -> list[Any]:
         """Read ``array[index]`` of each chosen leaf of ``group``.
 
         Args:
@@ -124,30 +162,44 @@ class RunFileReader:
             frames: Frames to expose (default: as recorded in the file). The
                 server passes the count it has acknowledged.
         """
-        if not self._file.id.valid:
-            raise NotOpenError(f"{self.path.name} is closed; read inside the reader's `with` block")
-        spec = self.spec.groups[group]
-        if frames is None:
-            frames = self.frames(group)
-        if not spec.time_axis and frames == 0:
-            raise FrameIndexError(f"{spec.name} was never written (it logs at step 0 only)")
-        h5group = self._file[spec.name]
         out = []
         for i in leaves:
-            leaf = spec.leaves[i]
-            shape = ((frames,) if spec.time_axis else ()) + leaf.shape
-            plan = plan_index(index, shape)
-            ds = h5group[leaf.dataset_name]
-            if spec.time_axis and ds.shape[0] < frames:
-                ds.refresh()
-            try:
-                data = ds[plan.hyperslab]
-            except OSError as e:
-                raise StorageError(f"reading {spec.name}{leaf.path} failed: {e}") from e
-            data = np.asarray(data)
-            if plan.needs_fixup:
-                data = data[plan.fixup]
-            if data.dtype != leaf.np_dtype:
-                data = data.view(leaf.np_dtype)
+            ds, n = self._dataset(group, i, frames)
+            plan = self.plan(group, i, index, n)
+            data = self._read(ds, self.spec.groups[group].leaves[i], plan)
             out.append(data[()] if plan.scalar else data)
         return out
+
+    def read_chunks(
+        self, group: int, leaf: int, plan: Plan, *, frames: int | None, chunk_bytes: int
+    ) -> Iterator[np.ndarray]:
+        """The result of ``plan`` (see :meth:`plan`) in C-order pieces of about ``chunk_bytes``.
+
+        Pieces split the result's first axis, so holding one at a time bounds
+        memory however large the read.
+        """
+        ds, _ = self._dataset(group, leaf, frames)
+        spec = self.spec.groups[group].leaves[leaf]
+        first = plan.hyperslab[0] if plan.hyperslab else None
+        row_bytes = math.prod(plan.shape[1:]) * spec.np_dtype.itemsize
+        if (
+            not isinstance(first, slice)
+            or not plan.shape
+            or plan.shape[0] * row_bytes <= chunk_bytes
+        ):
+            yield np.ascontiguousarray(self._read(ds, spec, plan))
+            return
+        rows = range(first.start, first.stop, first.step)
+        if plan.fixup[0].step == -1:
+            rows = rows[::-1]
+        per_piece = max(1, chunk_bytes // max(row_bytes, 1))
+        for at in range(0, len(rows), per_piece):
+            piece = rows[at : at + per_piece]
+            low, high = min(piece[0], piece[-1]), max(piece[0], piece[-1])
+            sub = Plan(
+                (slice(low, high + 1, abs(piece.step)), *plan.hyperslab[1:]),
+                (slice(None, None, -1 if piece.step < 0 else None), *plan.fixup[1:]),
+                (len(piece), *plan.shape[1:]),
+                False,
+            )
+            yield np.ascontiguousarray(self._read(ds, spec, sub))

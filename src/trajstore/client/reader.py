@@ -1,0 +1,354 @@
+"""Reading runs on a store: ``connect``, ``RemoteStorageReader``, ``RemoteGroupReader``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from trajstore import wire
+from trajstore.client.channel import call_metadata, open_channel
+from trajstore.errors import GroupNotFoundError, NotOpenError
+from trajstore.pytree import rebuild
+from trajstore.reading import GroupReader
+from trajstore.schema import GroupSpec, RunSpec
+from trajstore.v1 import query_pb2 as qpb
+from trajstore.v1 import query_pb2_grpc as qpb_grpc
+
+__all__ = ["Client", "RemoteGroupReader", "RemoteStorageReader", "RunInfo", "connect"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run on the store, as ``Client.list_runs`` reports it.
+
+    Attributes:
+        name: Run name.
+        open: Whether a writer holds it (its frames still grow).
+        frames: Frames durable per group name.
+        size_bytes: Size of the run file.
+        metadata: User metadata.
+        created: Creation time (Unix seconds).
+        updated: Last modification (Unix seconds).
+        actual_steps: Steps the writer reported so far.
+    """
+
+    name: str
+    open: bool
+    frames: dict[str, int]
+    size_bytes: int
+    metadata: dict[str, Any]
+    created: float
+    updated: float
+    actual_steps: int
+
+    @classmethod
+    def from_proto(cls, info: qpb.RunInfo) -> RunInfo:
+        """Build from the wire message."""
+        return cls(
+            name=info.name,
+            open=info.state == qpb.RUN_STATE_OPEN,
+            frames={g.name: int(g.frames) for g in info.groups},
+            size_bytes=int(info.size_bytes),
+            metadata=wire.metadata_from_json(info.metadata_json),
+            created=info.created_unix,
+            updated=info.updated_unix,
+            actual_steps=int(info.actual_steps),
+        )
+
+
+class _Calls:
+    """One channel and the metadata every call carries; maps gRPC errors to ours."""
+
+    def __init__(self, address: str, token: str | None, timeout: float | None) -> None:
+        self.address = address
+        self.channel = open_channel(address)
+        self.stub = qpb_grpc.QueryServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.metadata = call_metadata(token or os.environ.get("TRAJSTORE_TOKEN"))
+        self.timeout = timeout
+
+    def unary(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise wire.error_from_rpc(e) from None
+
+    def stream(
+        self, method: Callable[..., Any], request: Any, *, timeout: float | None = None
+    ) -> Iterator[Any]:
+        try:
+            yield from method(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise wire.error_from_rpc(e) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _assemble(
+    results: Sequence[qpb.LeafResult],
+    dtypes: Sequence[np.dtype[Any]],
+    parts: Iterator[qpb.ReadResponse],
+) -> list[Any]:
+    arrays = [np.empty(tuple(r.shape), dtype) for r, dtype in zip(results, dtypes, strict=True)]
+    raw = [a.reshape(-1).view(np.uint8) for a in arrays]
+    for part in parts:
+        target = raw[part.leaf]
+        target[part.offset : part.offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
+    return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
+
+
+class _RemoteLeaves:
+    """:class:`~trajstore.reading.LeafSource` for one group of a run on the store."""
+
+    def __init__(self, reader: RemoteStorageReader, position: int) -> None:
+        self._reader = reader
+        self._position = position
+        self.spec: GroupSpec = reader.spec.groups[position]
+
+    def frames(self) -> int:
+        return self._reader.describe().frames[self.spec.name]
+
+    def read(self, leaves: Sequence[int], index: Any) -> list[Any]:
+        calls = self._reader.calls
+        components, is_tuple = wire.index_to_proto(index)
+        request = qpb.ReadRequest(
+            run=self._reader.run,
+            group=self.spec.name,
+            leaves=list(leaves),
+            index=components,
+            index_is_tuple=is_tuple,
+        )
+        responses = calls.stream(calls.stub.Read, request)
+        first = next(responses)
+        dtypes = [self.spec.leaves[i].np_dtype for i in leaves]
+        return _assemble(first.results, dtypes, responses)
+
+
+class RemoteGroupReader(GroupReader[Any]):
+    """A :class:`~trajstore.GroupReader` over a group of a run on the store.
+
+    Same results and exceptions as the local reader, plus :meth:`follow`.
+    """
+
+    def __init__(self, source: _RemoteLeaves, *, like: Any = None) -> None:
+        super().__init__(source, like=like)
+        self._remote = source
+
+    def follow(
+        self,
+        start: int = 0,
+        *,
+        timeout: float | None = None,
+        select: Callable[[Any], Any] | None = None,
+    ) -> Iterator[Any]:
+        """Yield frames from ``start`` on, in order, as they become durable.
+
+        Ends when the writer closes the run (after its last frame). Frames of
+        a closed run are yielded at once.
+
+        Args:
+            start: First frame index.
+            timeout: Give up (raise :class:`~trajstore.errors.UnavailableError`)
+                if the whole follow takes longer than this many seconds.
+            select: A view picking the fields to transfer (as in :meth:`read`).
+        """
+        positions, treedef = self._selected(select)
+        reader = self._remote._reader
+        calls = reader.calls
+        request = qpb.FollowRequest(run=reader.run, group=self.name, leaves=positions, start=start)
+        leaves = [self.spec.leaves[i] for i in positions]
+        pending: dict[int, np.ndarray] = {}
+        batch = (-1, 0)
+        for part in calls.stream(calls.stub.Follow, request, timeout=timeout):
+            if (part.start, part.count) != batch:
+                batch = (part.start, part.count)
+                pending = {}
+            array = pending.get(part.leaf)
+            if array is None:
+                leaf = leaves[part.leaf]
+                array = pending[part.leaf] = np.empty((part.count, *leaf.shape), leaf.np_dtype)
+            flat = array.reshape(-1).view(np.uint8)
+            flat[part.offset : part.offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
+            last_part = part.offset + len(part.data) == part.total_bytes
+            if last_part and part.leaf == len(leaves) - 1:  # leaves arrive in order
+                columns = [pending[i] for i in range(len(leaves))]
+                for k in range(part.count):
+                    frame = [column[k] for column in columns]
+                    if treedef is not None:
+                        yield treedef.unflatten(frame)
+                    else:
+                        yield self._rebuild(frame)
+
+
+class RemoteStorageReader:
+    """Reads one run on the store, with the shape of :class:`~trajstore.HDF5StorageReader`.
+
+    Use as a context manager; also works on runs still being written.
+
+    Args:
+        address: ``host:port`` of the store.
+        run: Run name.
+        token: Bearer token (default: ``TRAJSTORE_TOKEN``).
+        timeout: Seconds to wait for each unary call.
+    """
+
+    def __init__(
+        self, address: str, run: str, *, token: str | None = None, timeout: float | None = 60.0
+    ) -> None:
+        self.address = address
+        self.run = run
+        self._token = token
+        self._timeout = timeout
+        self._calls: _Calls | None = None
+        self._spec: RunSpec | None = None
+
+    def __enter__(self) -> RemoteStorageReader:
+        self._calls = _Calls(self.address, self._token, self._timeout)
+        try:
+            described = self._calls.unary(
+                self._calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run)
+            )
+        except BaseException:
+            self._calls.close()
+            self._calls = None
+            raise
+        self._spec = wire.schema_from_proto(described.schema)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._calls is not None:
+            self._calls.close()
+            self._calls = None
+
+    @property
+    def calls(self) -> _Calls:
+        """The open connection (for the group readers)."""
+        if self._calls is None:
+            raise NotOpenError("the reader is not open; use it as a context manager")
+        return self._calls
+
+    @property
+    def spec(self) -> RunSpec:
+        """The run's schema."""
+        if self._spec is None:
+            raise NotOpenError("the reader is not open; use it as a context manager")
+        return self._spec
+
+    def describe(self) -> RunInfo:
+        """The run's state now: frames per group, open or closed, size, ..."""
+        calls = self.calls
+        described = calls.unary(calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run))
+        return RunInfo.from_proto(described.info)
+
+    def list_groups(self) -> list[str]:
+        """Group names, in config order."""
+        return self.spec.group_names
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata given to the writer."""
+        return self.spec.metadata
+
+    @property
+    def actual_steps(self) -> int:
+        """Steps logged, as of the writer's last acknowledged flush."""
+        return self.describe().actual_steps
+
+    def focus_group(
+        self, view_or_name: str | Callable[[Any], Any], *, like: Any = None
+    ) -> RemoteGroupReader:
+        """A reader for one group, by name or by a view on the config."""
+        spec = self.spec
+        if isinstance(view_or_name, str):
+            name = view_or_name
+        else:
+            try:
+                name = view_or_name(rebuild(spec.config_structure, spec.group_names))
+            except (KeyError, AttributeError, IndexError, TypeError) as e:
+                raise GroupNotFoundError(
+                    f"the view found no group in the config of {self.run}: {e!r}"
+                ) from None
+        if name not in spec.group_names:
+            raise GroupNotFoundError(f"no group {name!r} in {self.run}; groups: {spec.group_names}")
+        return RemoteGroupReader(_RemoteLeaves(self, spec.group_names.index(name)), like=like)
+
+
+class Client:
+    """A connection to a store, for analysts: list, open and pull runs.
+
+    Args:
+        address: ``host:port`` of the store.
+        token: Bearer token (default: ``TRAJSTORE_TOKEN``).
+        timeout: Seconds to wait for each unary call.
+    """
+
+    def __init__(
+        self, address: str, *, token: str | None = None, timeout: float | None = 60.0
+    ) -> None:
+        self.address = address
+        self._token = token
+        self._timeout = timeout
+        self._calls = _Calls(address, token, timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._calls.close()
+
+    def list_runs(self, prefix: str = "") -> list[RunInfo]:
+        """Every run on the store (whose name starts with ``prefix``)."""
+        response = self._calls.unary(self._calls.stub.ListRuns, qpb.ListRunsRequest(prefix=prefix))
+        return [RunInfo.from_proto(info) for info in response.runs]
+
+    def open_run(self, run: str) -> RemoteStorageReader:
+        """An open reader for ``run`` (close it, or use it in a ``with`` block)."""
+        return RemoteStorageReader(
+            self.address, run, token=self._token, timeout=self._timeout
+        ).__enter__()
+
+    def pull(
+        self,
+        run: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | None = None,
+        chunk_bytes: int = 16 << 20,
+    ) -> Path:
+        """Download ``run`` into a local HDF5 file that :class:`~trajstore.HDF5StorageReader` opens.
+
+        Args:
+            run: Run name.
+            path: Local file to write (replaced if it exists).
+            progress: Show a progress bar (default: when stderr is a terminal).
+            chunk_bytes: Bytes fetched per request.
+        """
+        from trajstore.client.pull import pull_run
+
+        show = sys.stderr.isatty() if progress is None else progress
+        with self.open_run(run) as reader:
+            return pull_run(reader, Path(path), progress=show, chunk_bytes=chunk_bytes)
+
+
+def connect(address: str, *, token: str | None = None, timeout: float | None = 60.0) -> Client:
+    """Connect to the store at ``address`` (``host:port``)."""
+    return Client(address, token=token, timeout=timeout)

@@ -1,0 +1,215 @@
+"""The query service: list and describe runs, read slices, follow live runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from trajstore import errors, wire
+from trajstore.server.ingest import abort_with, typed_errors
+from trajstore.server.names import validate_run_name
+from trajstore.server.sessions import RunRegistry, WriterSession
+from trajstore.store.reader import RunFileReader
+from trajstore.v1 import query_pb2 as qpb
+from trajstore.v1 import query_pb2_grpc as qpb_grpc
+
+__all__ = ["QueryServicer"]
+
+log = logging.getLogger("trajstore.server")
+
+
+def _parts(array: np.ndarray, part_bytes: int) -> Iterator[tuple[int, bytes]]:
+    raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    for offset in range(0, len(raw), part_bytes):
+        yield offset, bytes(raw[offset : offset + part_bytes])
+
+
+class QueryServicer(qpb_grpc.QueryServiceServicer):
+    """Serves reads of any run, also of runs still being written.
+
+    Reads of a run being written see exactly the frames acknowledged to its
+    writer: the durable ones, never a partial or preallocated frame.
+
+    Args:
+        registry: The open runs (their acknowledged frames bound reads).
+        part_bytes: Largest data part per response message.
+        read_chunk_bytes: Largest piece of a result held in memory at once.
+        poll_interval: Longest wait between checks of a followed run.
+    """
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        *,
+        part_bytes: int = 4 << 20,
+        read_chunk_bytes: int = 16 << 20,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.registry = registry
+        self.files = registry.files
+        self.data_dir = registry.config.data_dir
+        self.part_bytes = part_bytes
+        self.read_chunk_bytes = read_chunk_bytes
+        self.poll_interval = poll_interval
+
+    # ------------------------------------------------------------- listing
+
+    def _frames(self, reader: RunFileReader, session: WriterSession | None) -> list[int]:
+        if session is not None and not session.closed:
+            return list(session.ack.frames)
+        return [reader.frames(i) for i in range(len(reader.spec.groups))]
+
+    def _info(self, run: str, reader: RunFileReader) -> qpb.RunInfo:
+        session = self.registry.session_for(run)
+        path = reader.path
+        stat = path.stat()
+        created = reader.created
+        return qpb.RunInfo(
+            name=run,
+            state=qpb.RUN_STATE_OPEN if session is not None else qpb.RUN_STATE_CLOSED,
+            groups=[
+                qpb.GroupStatus(name=g.name, frames=n)
+                for g, n in zip(reader.spec.groups, self._frames(reader, session), strict=True)
+            ],
+            size_bytes=stat.st_size,
+            metadata_json=reader.spec.metadata_json,
+            created_unix=created if created is not None else stat.st_mtime,
+            updated_unix=stat.st_mtime,
+            actual_steps=reader.actual_steps,
+        )
+
+    def _run_names(self, prefix: str) -> list[str]:
+        names = []
+        root = self.data_dir.resolve()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                if not filename.endswith(".h5"):
+                    continue
+                name = (Path(dirpath) / filename).relative_to(root).as_posix()[: -len(".h5")]
+                try:
+                    validate_run_name(name)
+                except errors.InvalidRunNameError:
+                    continue  # not a file the store wrote
+                if name.startswith(prefix):
+                    names.append(name)
+        return names
+
+    @typed_errors
+    def ListRuns(  # noqa: N802 (gRPC method name)
+        self, request: qpb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> qpb.ListRunsResponse:
+        """Every run (optionally under a prefix), with its frames and state."""
+        runs = []
+        for name in self._run_names(request.prefix):
+            try:
+                with self.files.reading(name) as reader:
+                    runs.append(self._info(name, reader))
+            except (errors.SchemaError, errors.StorageError, errors.RunNotFoundError) as e:
+                log.warning("listing %s: skipped (%s)", name, e)
+        return qpb.ListRunsResponse(runs=runs)
+
+    @typed_errors
+    def DescribeRun(  # noqa: N802 (gRPC method name)
+        self, request: qpb.DescribeRunRequest, context: grpc.ServicerContext
+    ) -> qpb.DescribeRunResponse:
+        """A run's schema and state."""
+        with self.files.reading(request.run) as reader:
+            return qpb.DescribeRunResponse(
+                info=self._info(request.run, reader), schema=wire.schema_to_proto(reader.spec)
+            )
+
+    # ------------------------------------------------------------- reading
+
+    def _leaves(self, reader: RunFileReader, group: int, wanted: Sequence[int]) -> list[int]:
+        count = len(reader.spec.groups[group].leaves)
+        leaves = list(wanted) if wanted else list(range(count))
+        for leaf in leaves:
+            if leaf >= count:
+                raise errors.InvalidArgumentError(
+                    f"{reader.spec.groups[group].name} has {count} leaves; no leaf {leaf}"
+                )
+        return leaves
+
+    def Read(  # noqa: N802 (gRPC method name)
+        self, request: qpb.ReadRequest, context: grpc.ServicerContext
+    ) -> Iterator[qpb.ReadResponse]:
+        """``array[index]`` of chosen leaves of a group, streamed in parts."""
+        try:
+            index = wire.index_from_proto(request.index, request.index_is_tuple)
+            with self.files.reading(request.run) as reader:
+                group = reader.group_index(request.group)
+                frames = self._frames(reader, self.registry.session_for(request.run))[group]
+                leaves = self._leaves(reader, group, request.leaves)
+                plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
+                yield qpb.ReadResponse(
+                    results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
+                )
+                for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True)):
+                    offset = 0
+                    for piece in reader.read_chunks(
+                        group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
+                    ):
+                        for at, data in _parts(piece, self.part_bytes):
+                            yield qpb.ReadResponse(leaf=position, offset=offset + at, data=data)
+                        offset += piece.nbytes
+        except Exception as e:
+            abort_with(context, e)
+
+    def Follow(  # noqa: N802 (gRPC method name)
+        self, request: qpb.FollowRequest, context: grpc.ServicerContext
+    ) -> Iterator[qpb.FollowResponse]:
+        """Frames of a group from ``start`` on, as they become durable, until the run closes."""
+        try:
+            if request.start < 0:
+                raise errors.FrameIndexError("follow starts at a frame index >= 0")
+            with self.files.reading(request.run) as reader:
+                group = reader.group_index(request.group)
+                spec = reader.spec.groups[group]
+                if not spec.time_axis:
+                    raise errors.InvalidArgumentError(f"{spec.name} has no time axis to follow")
+                leaves = self._leaves(reader, group, request.leaves)
+            next_frame = request.start
+            while context.is_active():
+                session = self.registry.session_for(request.run)
+                acked = session.ack if session is not None else None
+                with self.files.reading(request.run) as reader:
+                    available = self._frames(reader, session)[group]
+                    if available > next_frame:
+                        yield from self._frames_message(
+                            reader, group, leaves, next_frame, available
+                        )
+                        next_frame = available
+                        continue
+                if session is None or acked is None:
+                    return  # closed, and everything was sent
+                session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
+        except Exception as e:
+            abort_with(context, e)
+
+    def _frames_message(
+        self, reader: RunFileReader, group: int, leaves: list[int], start: int, stop: int
+    ) -> Iterator[qpb.FollowResponse]:
+        spec = reader.spec.groups[group]
+        frame_bytes = max(sum(spec.leaves[i].frame_nbytes for i in leaves), 1)
+        per_batch = max(1, self.read_chunk_bytes // frame_bytes)
+        for first in range(start, stop, per_batch):
+            count = min(per_batch, stop - first)
+            for position, leaf in enumerate(leaves):
+                plan = reader.plan(group, leaf, slice(first, first + count), stop)
+                (piece,) = reader.read_chunks(group, leaf, plan, frames=stop, chunk_bytes=1 << 62)
+                total = piece.nbytes
+                for at, data in _parts(piece, self.part_bytes) if total else [(0, b"")]:
+                    yield qpb.FollowResponse(
+                        start=first,
+                        count=count,
+                        leaf=position,
+                        offset=at,
+                        data=data,
+                        total_bytes=total,
+                    )

@@ -1,0 +1,118 @@
+"""Reading runs while they are written: follow(), and many readers beside many writers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trajstore import HDF5StorageReader, RemoteStorageReader, connect
+
+LIVE_WRITER = Path(__file__).parent / "clients" / "live_writer.py"
+
+
+def start_writer(store, run, frames=200, pause=0.002):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(LIVE_WRITER),
+            "--address",
+            store.address,
+            "--run",
+            run,
+            "--frames",
+            str(frames),
+            "--pause",
+            str(pause),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_run(store, run, timeout=120):
+    deadline = time.monotonic() + timeout
+    with connect(store.address) as client:
+        while time.monotonic() < deadline:
+            if any(info.name == run for info in client.list_runs()):
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"run {run} never appeared")
+
+
+def test_follow_sees_every_frame_once_in_order_and_ends_at_close(store):
+    writer = start_writer(store, "live/f", frames=300)
+    wait_for_run(store, "live/f")
+    seen = []
+    with RemoteStorageReader(store.address, "live/f") as reader:
+        assert reader.describe().open or writer.poll() is not None
+        for frame in reader.focus_group("group['x']").follow():
+            seen.append(frame)
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert [int(f["b"]) for f in seen] == list(range(300))
+    for i, frame in enumerate(seen):
+        np.testing.assert_array_equal(frame["a"], np.full((64, 3), i, np.float32))
+    with RemoteStorageReader(store.address, "live/f") as reader:
+        assert not reader.describe().open
+        # following a closed run from the middle: the rest at once, then the end
+        tail = list(reader.focus_group("group['x']").follow(start=295, select=lambda s: s["b"]))
+        assert [int(b) for b in tail] == [295, 296, 297, 298, 299]
+
+
+def check_frames(group, n):
+    """Frames [0, n) must hold their own index: never zero-filled or torn."""
+    if n == 0:
+        return
+    values = group.read(slice(0, n))
+    np.testing.assert_array_equal(values["b"], np.arange(n))
+    np.testing.assert_array_equal(values["a"][:, 5, 1], np.arange(n, dtype=np.float32))
+    np.testing.assert_array_equal(group[n - 1]["a"], np.full((64, 3), n - 1, np.float32))
+
+
+def test_eight_readers_beside_four_writers_read_consistently(store):
+    runs = [f"live/w{i}" for i in range(4)]
+    writers = [start_writer(store, run, frames=250) for run in runs]
+    for run in runs:
+        wait_for_run(store, run)
+    failures: list[BaseException] = []
+    reads = [0] * 8
+
+    def reader(k):
+        run = runs[k % 4]
+        try:
+            with RemoteStorageReader(store.address, run) as r:
+                group = r.focus_group("group['x']")
+                last = 0
+                while True:
+                    info = r.describe()
+                    n = len(group)
+                    assert n >= last, "a run shrank"
+                    check_frames(group, n)
+                    reads[k] += 1
+                    last = n
+                    if not info.open and n == info.frames["group['x']"]:
+                        break
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for w in writers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    for t in threads:
+        t.join(300)
+    assert not failures, failures[0]
+    assert min(reads) >= 2
+    for run in runs:
+        with HDF5StorageReader(store.run_file(run)) as local:
+            group = local.focus_group("group['x']")
+            assert len(group) == 250
+            check_frames(group, 250)

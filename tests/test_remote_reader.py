@@ -1,0 +1,131 @@
+"""The analyst's client: list, describe, pull; transfers limited to what was asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_remote_writer import assert_same_file
+from trajstore import HDF5StorageReader, RemoteStorageWriter, connect
+from trajstore import errors as E
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec
+from trajstore.store.indexing import plan_index
+from trajstore.store.reader import RunFileReader
+from trajstore.store.writer import RunFileWriter
+
+from helpers import advance, md_config, md_state
+
+
+def write(store, run, steps=20, **kwargs):
+    state = md_state()
+    with RemoteStorageWriter(store.address, run, md_config(every=1), state, steps, **kwargs) as log:
+        for step in range(steps):
+            state = advance(state, step)
+            log.log(state, step)
+
+
+def test_list_runs_reports_frames_state_size_and_metadata(store):
+    write(store, "proj/a", metadata={"T": 300})
+    write(store, "proj/b", steps=5)
+    write(store, "other", steps=3)
+    state = md_state()
+    with RemoteStorageWriter(store.address, "proj/open", md_config(every=1), state, 9) as log:
+        log.log(state, 0)
+        log.flush()
+        with connect(store.address) as client:
+            runs = {r.name: r for r in client.list_runs()}
+            assert sorted(runs) == ["other", "proj/a", "proj/b", "proj/open"]
+            assert [r.name for r in client.list_runs(prefix="proj/")] == [
+                "proj/a",
+                "proj/b",
+                "proj/open",
+            ]
+    a, b, live = runs["proj/a"], runs["proj/b"], runs["proj/open"]
+    assert a.frames == {"group['box']": 1, "group['energy']": 20, "group['traj']": 20}
+    assert b.frames["group['traj']"] == 5
+    assert (a.open, live.open) == (False, True)
+    assert live.frames["group['energy']"] == 1
+    assert a.metadata == {"T": 300}
+    assert a.actual_steps == 20
+    assert a.size_bytes == store.run_file("proj/a").stat().st_size
+    assert 0 < a.created <= a.updated
+
+
+def test_pull_makes_a_local_copy_the_local_reader_opens(store, tmp_path):
+    write(store, "proj/p", steps=30)
+    with connect(store.address) as client:
+        path = client.pull("proj/p", tmp_path / "copy.h5", chunk_bytes=10_000)
+    assert path == tmp_path / "copy.h5"
+    assert not (tmp_path / "copy.h5.part").exists()
+    with HDF5StorageReader(path) as reader:
+        assert reader.actual_steps == 30
+        assert len(reader.focus_group("group['traj']")) == 30
+    assert_same_file(path, store.run_file("proj/p"))
+
+
+def test_pull_of_an_absent_run_leaves_nothing(store, tmp_path):
+    target = tmp_path / "pulled"
+    target.mkdir()
+    with connect(store.address) as client, pytest.raises(E.RunNotFoundError):
+        client.pull("nope", target / "x.h5")
+    assert list(target.iterdir()) == []
+
+
+def test_select_asks_only_for_the_selected_leaves(store):
+    write(store, "proj/s")
+    with connect(store.address) as client, client.open_run("proj/s") as reader:
+        calls = reader.calls
+        asked = []
+        original = calls.stub.Read
+
+        def spy(request, **kwargs):
+            asked.append(list(request.leaves))
+            return original(request, **kwargs)
+
+        calls.stub.Read = spy
+        traj = reader.focus_group("group['traj']")
+        pos = traj.read(slice(2, 4), select=lambda s: s["pos"])
+        vel_follow = list(traj.follow(start=18, select=lambda s: s["vel"]))
+    assert asked == [[0]]  # pos is leaf 0 of {"pos", "vel"}
+    assert pos.shape == (2, 16, 3)
+    assert len(vel_follow) == 2
+
+
+def test_bad_run_names_and_unreachable_stores(store):
+    with connect(store.address) as client:
+        with pytest.raises(E.InvalidRunNameError):
+            client.open_run("../etc/passwd")
+        with pytest.raises(E.RunNotFoundError):
+            client.open_run("absent")
+    with pytest.raises(E.UnavailableError):
+        connect("127.0.0.1:1", timeout=5).list_runs()
+
+
+def test_follow_of_a_group_without_time_axis_is_refused(store):
+    write(store, "proj/once", steps=2)
+    with connect(store.address) as client, client.open_run("proj/once") as reader:
+        with pytest.raises(E.InvalidArgumentError, match="no time axis"):
+            list(reader.focus_group("group['box']").follow())
+        with pytest.raises(E.FrameIndexError):
+            list(reader.focus_group("group['traj']").follow(start=-1))
+
+
+def test_server_reads_in_bounded_pieces(tmp_path):
+    spec = RunSpec(groups=(GroupSpec("group", True, (LeafSpec("", "float32", (100, 10)),)),))
+    writer = RunFileWriter(tmp_path / "r.h5", spec)
+    data = np.arange(50 * 100 * 10, dtype=np.float32).reshape(50, 100, 10)
+    writer.write_block(0, 0, 50, [data])
+    writer.close()
+    reader = RunFileReader(tmp_path / "r.h5")
+    for index in (
+        slice(None),
+        slice(None, None, -3),
+        (slice(5, 40, 2), 7),
+        (..., 3),
+        (slice(None), slice(None, None, -1), slice(2, 5)),
+    ):
+        plan = plan_index(index, (50, 100, 10))
+        pieces = list(reader.read_chunks(0, 0, plan, frames=50, chunk_bytes=10_000))
+        assert all(p.nbytes <= max(10_000, 4000) for p in pieces)
+        np.testing.assert_array_equal(np.concatenate(pieces), data[index])
+    reader.close()
