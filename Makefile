@@ -1,4 +1,4 @@
-# Everything a fresh machine needs, from scratch: `make test`, `make example`.
+# Everything a fresh machine needs, from scratch: `make demo`, `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup system-deps lint test example clean
+.PHONY: setup system-deps lint test demo example clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 test: setup lint
 	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/trajstore demo
 
 example: $(STAMP)
 	$(BIN)/python examples/local_quickstart.py

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
+import numpy as np
+
+if TYPE_CHECKING:
+    from trajstore.client.reader import Client
 
 __all__ = ["main"]
 
 
-@click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TRAJSTORE"}
-)
+class _Group(click.Group):
+    """Prints trajstore errors as one clear line and exits 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from trajstore.errors import TrajstoreError
+
+        try:
+            return super().invoke(ctx)
+        except TrajstoreError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trajstore")
 def main() -> None:
     """Store and read the trajectories of JAX simulations.
@@ -163,6 +180,222 @@ def serve(
     stop.wait()
     click.echo("trajstore: stopping: draining streams, flushing runs", err=True)
     handle.stop()
+
+
+# ------------------------------------------------------------------ client side
+
+address_option = click.option(
+    "--address",
+    envvar="TRAJSTORE_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    show_envvar=True,
+    help="host:port of the store.",
+)
+token_option = click.option(
+    "--token",
+    envvar="TRAJSTORE_TOKEN",
+    default=None,
+    show_envvar=True,
+    help="Bearer token, if the store requires one.",
+)
+
+
+def _client(address: str, token: str | None) -> Client:
+    from trajstore.client.reader import connect
+
+    return connect(address, token=token)
+
+
+def _age(seconds: float) -> str:
+    delta = max(time.time() - seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit} ago"
+    return f"{delta:.0f}s ago"
+
+
+@main.command("ls")
+@click.option("--prefix", default="", help="Only runs whose name starts with this.")
+@address_option
+@token_option
+def list_runs(prefix: str, address: str, token: str | None) -> None:
+    """List the runs on the store: frames per group, state, size, last update."""
+    with _client(address, token) as client:
+        runs = client.list_runs(prefix)
+    if not runs:
+        click.echo("no runs")
+        return
+    width = max(len(r.name) for r in runs)
+    click.echo(f"{'RUN':{width}}  STATE   {'SIZE':>9}  {'UPDATED':>9}  FRAMES")
+    for r in runs:
+        frames = ", ".join(f"{name.removeprefix('group')}={n}" for name, n in r.frames.items())
+        state = "open" if r.open else "closed"
+        click.echo(
+            f"{r.name:{width}}  {state:6}  {r.size_bytes / 1e6:7.1f}MB  "
+            f"{_age(r.updated):>9}  {frames}"
+        )
+
+
+@main.command()
+@click.argument("run")
+@address_option
+@token_option
+def info(run: str, address: str, token: str | None) -> None:
+    """Show a run's schema, metadata and state."""
+    with _client(address, token) as client, client.open_run(run) as reader:
+        state = reader.describe()
+        click.echo(
+            f"run       {run} ({'open' if state.open else 'closed'}, "
+            f"{state.size_bytes / 1e6:.1f} MB, {state.actual_steps} steps)"
+        )
+        click.echo(f"metadata  {json.dumps(reader.metadata)}")
+        for group in reader.spec.groups:
+            frequency = group.frequency.get("kind", "?")
+            if "n" in group.frequency:
+                frequency += f"({group.frequency['n']})"
+            codec = group.compression.codec if group.compression else "none"
+            click.echo(f"{group.name}: {state.frames[group.name]} frames, {frequency}, {codec}")
+            for leaf in group.leaves:
+                click.echo(f"    {leaf.path or '<value>':24} {leaf.dtype:9} {list(leaf.shape)}")
+
+
+def _describe_leaf(value: Any) -> str:
+    array = np.asarray(value)
+    if array.ndim == 0:
+        return f"{array.item():.6g}" if array.dtype.kind in "fc" else str(array.item())
+    if array.size and array.dtype.kind in "biuf":
+        return f"{array.dtype}{list(array.shape)} mean {float(np.mean(array)):.4g}"
+    return f"{array.dtype}{list(array.shape)}"
+
+
+@main.command()
+@click.argument("run")
+@click.argument("group")
+@click.option("--start", type=int, default=0, show_default=True, help="First frame.")
+@click.option("--summary", is_flag=True, help="Print a summary every second, not every frame.")
+@address_option
+@token_option
+def tail(run: str, group: str, start: int, summary: bool, address: str, token: str | None) -> None:
+    """Follow a group of a run live: one line per frame, until the run closes.
+
+    GROUP is a group name such as "group['energy']", or just "energy".
+    """
+    import jax
+
+    with _client(address, token) as client, client.open_run(run) as reader:
+        name = group if group in reader.list_groups() else f"group['{group}']"
+        count, last_print = 0, time.monotonic()
+        for frame in reader.focus_group(name).follow(start=start):
+            index = start + count
+            count += 1
+            if not summary:
+                paths = jax.tree_util.tree_flatten_with_path(frame)[0]
+                text = "  ".join(
+                    f"{jax.tree_util.keystr(p) or 'value'}={_describe_leaf(v)}" for p, v in paths
+                )
+                click.echo(f"{index:8d}  {text}")
+            elif time.monotonic() - last_print >= 1:
+                click.echo(f"{count} frames so far (last index {index})")
+                last_print = time.monotonic()
+        click.echo(f"{count} frames; the run is closed", err=summary is False)
+
+
+@main.command()
+@click.argument("run")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Local HDF5 file to write.",
+)
+@address_option
+@token_option
+def pull(run: str, output: Path, address: str, token: str | None) -> None:
+    """Download a run into a local HDF5 file (progress bar on a terminal)."""
+    with _client(address, token) as client:
+        path = client.pull(run, output)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run")
+@click.argument("group")
+@click.option("--field", default=None, help="Leaf path to plot, e.g. total or ['total'].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file to write.",
+)
+@address_option
+@token_option
+def plot(
+    run: str, group: str, field: str | None, output: Path, address: str, token: str | None
+) -> None:
+    """Plot a field of a group against the step (arrays: their mean per frame)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with _client(address, token) as client, client.open_run(run) as reader:
+        name = group if group in reader.list_groups() else f"group['{group}']"
+        focused = reader.focus_group(name)
+        leaves = focused.spec.leaves
+        if field is None and len(leaves) == 1:
+            position = 0
+        else:
+            wanted = {field, f"['{field}']", f".{field}"}
+            matches = [i for i, leaf in enumerate(leaves) if leaf.path in wanted]
+            if not matches:
+                raise click.ClickException(
+                    f"choose --field among: {', '.join(leaf.path for leaf in leaves)}"
+                )
+            position = matches[0]
+        values = np.asarray(focused._source.read([position], slice(None))[0])
+        every = int(focused.spec.frequency.get("n", 1))
+    series = values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(np.arange(len(series)) * every, series)
+    ax.set_xlabel("step")
+    label = leaves[position].path or name
+    ax.set_ylabel(label if values.ndim == 1 else f"mean of {label}")
+    ax.set_title(f"{run}: {name}")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--nodes", type=int, default=3, show_default=True, help="Simulation nodes.")
+@click.option("--steps", type=int, default=2000, show_default=True, help="Steps per run.")
+@click.option(
+    "--side", type=int, default=6, show_default=True, help="Particles per box edge (n = side^3)."
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the plot goes.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The store's data dir (default: a new temporary one).",
+)
+def demo(nodes: int, steps: int, side: int, output_dir: Path, data_dir: Path | None) -> None:
+    """A store, several LJ simulation nodes and an analyst, on this machine."""
+    from trajstore.examples.demo import run_demo
+
+    code = run_demo(nodes=nodes, steps=steps, side=side, output_dir=output_dir, data_dir=data_dir)
+    if code:
+        raise click.ClickException("the demo failed (see above)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from trajstore.compression import Compression
@@ -24,7 +25,13 @@ class Logger(Protocol[State_contra]):
         """Open the destination."""
         ...
 
-    def __exit__(self, *exc: object) -> Any:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> Any:
         """Make everything durable and close."""
         ...
 

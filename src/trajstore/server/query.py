@@ -71,7 +71,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         created = reader.created
         return qpb.RunInfo(
             name=run,
-            state=qpb.RUN_STATE_OPEN if session is not None else qpb.RUN_STATE_CLOSED,
+            state=qpb.RUN_STATE_OPEN if self.registry.is_open(run) else qpb.RUN_STATE_CLOSED,
             groups=[
                 qpb.GroupStatus(name=g.name, frames=n)
                 for g, n in zip(reader.spec.groups, self._frames(reader, session), strict=True)

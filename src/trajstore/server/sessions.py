@@ -274,6 +274,11 @@ class RunRegistry:
         holder.append(session)
         return session
 
+    def is_open(self, run: str) -> bool:
+        """Whether a writer holds ``run`` (or is opening it)."""
+        with self._lock:
+            return run in self._by_run or run in self._opening
+
     def session_for(self, run: str) -> WriterSession | None:
         """The session writing ``run``, if one is open."""
         with self._lock:
