@@ -131,6 +131,22 @@ def main() -> None:
     show_envvar=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--log-format",
+    envvar="TRAJSTORE_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line, with fields such as run, mode and peer.",
+)
+@click.option(
+    "--metrics-listen",
+    envvar="TRAJSTORE_METRICS_LISTEN",
+    default=None,
+    show_envvar=True,
+    help="host:port for a Prometheus /metrics endpoint (default: none).",
+)
 def serve(
     data_dir: Path,
     listen: str,
@@ -142,16 +158,14 @@ def serve(
     max_open_runs: int,
     max_workers: int,
     log_level: str,
+    log_format: str,
+    metrics_listen: str | None,
 ) -> None:
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
     from trajstore.server import Limits
     from trajstore.server import serve as start_server
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(log_level, log_format)
     limits = Limits(
         max_message_bytes=max_message_bytes,
         max_frame_bytes=max_frame_bytes,
@@ -165,6 +179,7 @@ def serve(
         flush_interval=flush_interval,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
+        metrics_listen=metrics_listen,
     )
     stop = threading.Event()
 
@@ -180,6 +195,52 @@ def serve(
     stop.wait()
     click.echo("trajstore: stopping: draining streams, flushing runs", err=True)
     handle.stop()
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+@main.command()
+@click.option(
+    "--address",
+    envvar="TRAJSTORE_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    show_envvar=True,
+    help="host:port of the store.",
+)
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health(address: str, timeout: float) -> None:
+    """Exit 0 if the store answers SERVING on the gRPC health service (for HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                .status
+            )
+        except grpc.RpcError as e:
+            message = f"the store at {address} does not answer: {e.code().name}"
+            raise click.ClickException(message) from None
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        raise click.ClickException(f"the store at {address} is not serving")
+    click.echo("SERVING")
 
 
 # ------------------------------------------------------------------ client side

@@ -36,8 +36,7 @@ def _start_store(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert store.stdout is not None
-    line = store.stdout.readline()
+    line = store.stdout.readline() if store.stdout is not None else ""
     if not line.startswith("trajstore serving on "):
         store.kill()
         raise RuntimeError(f"the store did not start: {line!r}")

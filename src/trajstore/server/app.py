@@ -8,12 +8,16 @@ import threading
 from concurrent import futures
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from trajstore.server.config import Limits, ServerConfig
 from trajstore.server.files import RunFiles
 from trajstore.server.ingest import IngestServicer
+from trajstore.server.metrics import Metrics, start_metrics_endpoint
 from trajstore.server.query import QueryServicer
 from trajstore.server.sessions import RunRegistry
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
@@ -27,10 +31,22 @@ log = logging.getLogger("trajstore.server")
 MESSAGE_OVERHEAD = 64 << 10
 
 
+SERVICE_NAMES = (
+    "trajstore.v1.IngestService",
+    "trajstore.v1.QueryService",
+)
+
+
 def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
-    """A gRPC server bound to ``config.listen`` (not started), its port and its run registry."""
+    """A gRPC server bound to ``config.listen`` (not started), its port and its run registry.
+
+    Besides trajstore's services it serves the standard gRPC health service
+    (``grpc.health.v1``) and server reflection.
+    """
     os.makedirs(config.data_dir, exist_ok=True)
-    registry = RunRegistry(config, RunFiles(config.data_dir))
+    metrics = Metrics()
+    registry = RunRegistry(config, RunFiles(config.data_dir), metrics)
+    metrics.watch(lambda: registry.open_runs, registry.queued_bytes)
     max_message = config.limits.max_message_bytes + MESSAGE_OVERHEAD
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
@@ -45,6 +61,16 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     )
     qpb_grpc.add_QueryServiceServicer_to_server(  # type: ignore[no-untyped-call]
         QueryServicer(registry, part_bytes=config.limits.max_message_bytes), server
+    )
+    registry.health = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(registry.health, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     port = server.add_insecure_port(config.listen)
     if port == 0:
@@ -61,6 +87,13 @@ class ServerHandle:
         self.registry = registry
         self.config = config
         self._stopped = threading.Event()
+        self._metrics_server: Any = None
+        #: Port of the ``/metrics`` endpoint, if one was asked for.
+        self.metrics_port: int | None = None
+        if config.metrics_listen and registry.metrics is not None:
+            self._metrics_server, self.metrics_port = start_metrics_endpoint(
+                registry.metrics, config.metrics_listen
+            )
 
     @property
     def address(self) -> str:
@@ -75,9 +108,13 @@ class ServerHandle:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.registry.health is not None:
+            self.registry.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.registry.close_all()
         self.registry.files.close_all()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         log.info("server on port %d stopped", self.port)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -104,6 +141,7 @@ def serve(
     flush_interval: float = 0.2,
     lease_seconds: float = 60.0,
     max_workers: int = 64,
+    metrics_listen: str | None = None,
 ) -> ServerHandle:
     """Start a storage server in this process; returns once it accepts calls.
 
@@ -114,6 +152,7 @@ def serve(
         flush_interval: Seconds between background flushes (and acknowledgements).
         lease_seconds: A writer session idle this long is released.
         max_workers: Threads serving RPCs.
+        metrics_listen: ``host:port`` for a Prometheus ``/metrics`` endpoint.
     """
     config = ServerConfig(
         data_dir=Path(data_dir),
@@ -122,8 +161,13 @@ def serve(
         flush_interval=flush_interval,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
+        metrics_listen=metrics_listen,
     )
     server, port, registry = create_server(config)
     server.start()
-    log.info("trajstore server listening on port %d, data in %s", port, config.data_dir)
-    return ServerHandle(server, port, registry, config)
+    handle = ServerHandle(server, port, registry, config)
+    log.info(
+        "trajstore server listening",
+        extra={"port": port, "data_dir": str(config.data_dir), "metrics_port": handle.metrics_port},
+    )
+    return handle

@@ -45,6 +45,8 @@ class ServerConfig:
             least this often, in seconds.
         lease_seconds: A writer session idle this long is released.
         max_workers: Threads serving RPCs (each open stream holds one).
+        metrics_listen: ``host:port`` for the Prometheus ``/metrics`` endpoint
+            (``None``: no endpoint).
     """
 
     data_dir: Path
@@ -53,3 +55,4 @@ class ServerConfig:
     flush_interval: float = 0.2
     lease_seconds: float = 60.0
     max_workers: int = 64
+    metrics_listen: str | None = None

@@ -62,7 +62,7 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         spec = wire.schema_from_proto(request.schema)
         mode = wire.mode_from_proto(request.mode)
         session = self.registry.open(request.run, mode, spec)  # type: ignore[arg-type]
-        log.info("run %s opened (%s) by %s", request.run, mode, context.peer())
+        log.info("run opened", extra={"run": request.run, "mode": mode, "peer": context.peer()})
         config = self.registry.config
         return pb.OpenRunResponse(
             session=session.id,
@@ -77,7 +77,17 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         self, request: pb.CloseRunRequest, context: grpc.ServicerContext
     ) -> pb.CloseRunResponse:
         """Flush and close the run; release it for other writers."""
+        run = self.registry.get(request.session).run
         ack = self.registry.close(request.session, request.actual_steps)
+        log.info(
+            "run closed",
+            extra={
+                "run": run,
+                "frames": list(ack.frames),
+                "peer": context.peer(),
+                "actual_steps": request.actual_steps,
+            },
+        )
         return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=request.actual_steps)
 
     def Write(  # noqa: N802 (gRPC method name)

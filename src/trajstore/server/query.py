@@ -57,6 +57,10 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         self.read_chunk_bytes = read_chunk_bytes
         self.poll_interval = poll_interval
 
+    def _count_read(self, nbytes: int) -> None:
+        if self.registry.metrics is not None:
+            self.registry.metrics.bytes_read.inc(nbytes)
+
     # ------------------------------------------------------------- listing
 
     def _frames(self, reader: RunFileReader, session: WriterSession | None) -> list[int]:
@@ -140,6 +144,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         self, request: qpb.ReadRequest, context: grpc.ServicerContext
     ) -> Iterator[qpb.ReadResponse]:
         """``array[index]`` of chosen leaves of a group, streamed in parts."""
+        if self.registry.metrics is not None:
+            self.registry.metrics.read_requests.inc()
         try:
             index = wire.index_from_proto(request.index, request.index_is_tuple)
             with self.files.reading(request.run) as reader:
@@ -156,6 +162,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                         group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
                     ):
                         for at, data in _parts(piece, self.part_bytes):
+                            self._count_read(len(data))
                             yield qpb.ReadResponse(leaf=position, offset=offset + at, data=data)
                         offset += piece.nbytes
         except Exception as e:
@@ -165,6 +172,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         self, request: qpb.FollowRequest, context: grpc.ServicerContext
     ) -> Iterator[qpb.FollowResponse]:
         """Frames of a group from ``start`` on, as they become durable, until the run closes."""
+        if self.registry.metrics is not None:
+            self.registry.metrics.read_requests.inc()
         try:
             if request.start < 0:
                 raise errors.FrameIndexError("follow starts at a frame index >= 0")
@@ -205,6 +214,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 (piece,) = reader.read_chunks(group, leaf, plan, frames=stop, chunk_bytes=1 << 62)
                 total = piece.nbytes
                 for at, data in _parts(piece, self.part_bytes) if total else [(0, b"")]:
+                    self._count_read(len(data))
                     yield qpb.FollowResponse(
                         start=first,
                         count=count,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from trajstore.schema import RunSpec
 from trajstore.server.config import ServerConfig
 from trajstore.server.files import RunFiles
 from trajstore.server.limits import check_schema
+from trajstore.server.metrics import Metrics
 from trajstore.server.names import run_path
 from trajstore.store.background import BackgroundWriter
 from trajstore.store.writer import OpenMode, RunFileWriter
@@ -40,9 +42,9 @@ log = logging.getLogger("trajstore.server")
 def _close_logged(session: WriterSession, why: str) -> None:
     try:
         session.writer.close()
-        log.info("%s: run %s closed", why, session.run)
+        log.info("run closed", extra={"run": session.run, "why": why})
     except Exception:
-        log.exception("%s: run %s failed to close cleanly", why, session.run)
+        log.exception("run failed to close cleanly", extra={"run": session.run, "why": why})
     finally:
         session.closed = True
         session.wake()
@@ -83,6 +85,7 @@ class WriterSession:
     spec: RunSpec
     writer: BackgroundWriter
     max_block_bytes: int
+    metrics: Metrics | None = None
     last_active: float = field(default_factory=time.monotonic)
     ack: Ack = Ack(0, ())
     closed: bool = False
@@ -106,6 +109,9 @@ class WriterSession:
         with self._changed:
             self.ack = Ack(tag if tag is not None else self.ack.block, tuple(frames))
             self._changed.notify_all()
+        if self.metrics is not None:
+            self.metrics.acknowledgements.inc()
+            self.metrics.flush_seconds.observe(self.writer.last_flush_seconds)
 
     def wait_for_ack(self, after: Ack, timeout: float, stop: Callable[[], bool]) -> Ack:
         """Wait up to ``timeout`` s for an acknowledgement other than ``after``, or ``stop()``."""
@@ -199,6 +205,9 @@ class WriterSession:
             offset += nbytes
         self._last_block = header.block
         self._next_frame[header.group] = header.start + header.count
+        if self.metrics is not None:
+            self.metrics.frames_received.inc(header.count)
+            self.metrics.bytes_received.inc(len(payload))
         self.writer.set_actual_steps(max(actual_steps, 0))
         self.writer.submit_block(header.group, header.start, header.count, leaves, tag=header.block)
 
@@ -206,9 +215,12 @@ class WriterSession:
 class RunRegistry:
     """The runs open for writing, and who holds each."""
 
-    def __init__(self, config: ServerConfig, files: RunFiles) -> None:
+    def __init__(self, config: ServerConfig, files: RunFiles, metrics: Metrics | None = None):
         self.config = config
         self.files = files
+        self.metrics = metrics
+        #: The gRPC health service, set by ``create_server``.
+        self.health: Any = None
         self._lock = threading.Lock()
         self._by_run: dict[str, WriterSession] = {}
         self._by_id: dict[str, WriterSession] = {}
@@ -270,6 +282,7 @@ class RunRegistry:
             spec=file.spec,
             writer=writer,
             max_block_bytes=self.config.limits.max_frame_bytes,
+            metrics=self.metrics,
         )
         holder.append(session)
         return session
@@ -324,3 +337,9 @@ class RunRegistry:
     def open_runs(self) -> int:
         """Runs open for writing now."""
         return len(self._by_run)
+
+    def queued_bytes(self) -> int:
+        """Bytes received and not yet written, over every open run."""
+        with self._lock:
+            sessions = list(self._by_run.values())
+        return sum(s.writer.pending_bytes for s in sessions)

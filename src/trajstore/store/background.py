@@ -102,6 +102,8 @@ class BackgroundWriter:
         self._unflushed_since: float | None = None
         self._durable = list(file.frames)
         self._last_tag: int | None = None
+        #: Seconds the last flush of the file took.
+        self.last_flush_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="trajstore-writer", daemon=True)
         self._thread.start()
 
@@ -311,7 +313,9 @@ class BackgroundWriter:
     def _flush_file(self, *, force: bool = False) -> None:
         if self._unflushed_since is None and not force:
             return
+        started = time.monotonic()
         self.file.flush()
+        self.last_flush_seconds = time.monotonic() - started
         self._unflushed_since = None
         self._durable = self.file.frames
         if self._on_flush is not None:
