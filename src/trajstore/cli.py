@@ -141,6 +141,44 @@ def main() -> None:
     help="json: one JSON object per line, with fields such as run, mode and peer.",
 )
 @click.option(
+    "--tokens-file",
+    envvar="TRAJSTORE_TOKENS_FILE",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="File of role:token entries (roles: read, write), one or more per line.",
+)
+@click.option(
+    "--tokens",
+    envvar="TRAJSTORE_TOKENS",
+    default=None,
+    show_envvar=True,
+    help="role:token entries, comma separated (prefer the variable or a file).",
+)
+@click.option(
+    "--tls-cert",
+    envvar="TRAJSTORE_TLS_CERT",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="PEM certificate chain: serve TLS.",
+)
+@click.option(
+    "--tls-key",
+    envvar="TRAJSTORE_TLS_KEY",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--insecure",
+    envvar="TRAJSTORE_INSECURE",
+    is_flag=True,
+    show_envvar=True,
+    help="Allow listening beyond loopback without tokens (anyone may then write).",
+)
+@click.option(
     "--metrics-listen",
     envvar="TRAJSTORE_METRICS_LISTEN",
     default=None,
@@ -159,11 +197,17 @@ def serve(
     max_workers: int,
     log_level: str,
     log_format: str,
+    tokens_file: Path | None,
+    tokens: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     metrics_listen: str | None,
 ) -> None:
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
     from trajstore.server import Limits
     from trajstore.server import serve as start_server
+    from trajstore.server.auth import Tokens
 
     _configure_logging(log_level, log_format)
     limits = Limits(
@@ -180,6 +224,10 @@ def serve(
         lease_seconds=lease_seconds,
         max_workers=max_workers,
         metrics_listen=metrics_listen,
+        tokens=Tokens.load(tokens_file, tokens),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure=insecure,
     )
     stop = threading.Event()
 
@@ -260,12 +308,20 @@ token_option = click.option(
     show_envvar=True,
     help="Bearer token, if the store requires one.",
 )
+tls_option = click.option(
+    "--tls-ca",
+    envvar="TRAJSTORE_TLS_CA",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="CA certificate (PEM): connect with TLS.",
+)
 
 
-def _client(address: str, token: str | None) -> Client:
+def _client(address: str, token: str | None, tls_ca: Path | None) -> Client:
     from trajstore.client.reader import connect
 
-    return connect(address, token=token)
+    return connect(address, token=token, tls_ca=tls_ca)
 
 
 def _age(seconds: float) -> str:
@@ -280,9 +336,10 @@ def _age(seconds: float) -> str:
 @click.option("--prefix", default="", help="Only runs whose name starts with this.")
 @address_option
 @token_option
-def list_runs(prefix: str, address: str, token: str | None) -> None:
+@tls_option
+def list_runs(prefix: str, address: str, token: str | None, tls_ca: Path | None) -> None:
     """List the runs on the store: frames per group, state, size, last update."""
-    with _client(address, token) as client:
+    with _client(address, token, tls_ca) as client:
         runs = client.list_runs(prefix)
     if not runs:
         click.echo("no runs")
@@ -302,9 +359,10 @@ def list_runs(prefix: str, address: str, token: str | None) -> None:
 @click.argument("run")
 @address_option
 @token_option
-def info(run: str, address: str, token: str | None) -> None:
+@tls_option
+def info(run: str, address: str, token: str | None, tls_ca: Path | None) -> None:
     """Show a run's schema, metadata and state."""
-    with _client(address, token) as client, client.open_run(run) as reader:
+    with _client(address, token, tls_ca) as client, client.open_run(run) as reader:
         state = reader.describe()
         click.echo(
             f"run       {run} ({'open' if state.open else 'closed'}, "
@@ -337,14 +395,23 @@ def _describe_leaf(value: Any) -> str:
 @click.option("--summary", is_flag=True, help="Print a summary every second, not every frame.")
 @address_option
 @token_option
-def tail(run: str, group: str, start: int, summary: bool, address: str, token: str | None) -> None:
+@tls_option
+def tail(
+    run: str,
+    group: str,
+    start: int,
+    summary: bool,
+    address: str,
+    token: str | None,
+    tls_ca: Path | None,
+) -> None:
     """Follow a group of a run live: one line per frame, until the run closes.
 
     GROUP is a group name such as "group['energy']", or just "energy".
     """
     import jax
 
-    with _client(address, token) as client, client.open_run(run) as reader:
+    with _client(address, token, tls_ca) as client, client.open_run(run) as reader:
         name = group if group in reader.list_groups() else f"group['{group}']"
         count, last_print = 0, time.monotonic()
         for frame in reader.focus_group(name).follow(start=start):
@@ -373,9 +440,10 @@ def tail(run: str, group: str, start: int, summary: bool, address: str, token: s
 )
 @address_option
 @token_option
-def pull(run: str, output: Path, address: str, token: str | None) -> None:
+@tls_option
+def pull(run: str, output: Path, address: str, token: str | None, tls_ca: Path | None) -> None:
     """Download a run into a local HDF5 file (progress bar on a terminal)."""
-    with _client(address, token) as client:
+    with _client(address, token, tls_ca) as client:
         path = client.pull(run, output)
     click.echo(f"wrote {path}")
 
@@ -393,8 +461,15 @@ def pull(run: str, output: Path, address: str, token: str | None) -> None:
 )
 @address_option
 @token_option
+@tls_option
 def plot(
-    run: str, group: str, field: str | None, output: Path, address: str, token: str | None
+    run: str,
+    group: str,
+    field: str | None,
+    output: Path,
+    address: str,
+    token: str | None,
+    tls_ca: Path | None,
 ) -> None:
     """Plot a field of a group against the step (arrays: their mean per frame)."""
     import matplotlib
@@ -402,7 +477,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with _client(address, token) as client, client.open_run(run) as reader:
+    with _client(address, token, tls_ca) as client, client.open_run(run) as reader:
         name = group if group in reader.list_groups() else f"group['{group}']"
         focused = reader.focus_group(name)
         leaves = focused.spec.leaves

@@ -69,11 +69,17 @@ class RunInfo:
 class _Calls:
     """One channel and the metadata every call carries; maps gRPC errors to ours."""
 
-    def __init__(self, address: str, token: str | None, timeout: float | None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        timeout: float | None,
+        tls_ca: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.address = address
-        self.channel = open_channel(address)
+        self.channel = open_channel(address, tls_ca)
         self.stub = qpb_grpc.QueryServiceStub(self.channel)  # type: ignore[no-untyped-call]
-        self.metadata = call_metadata(token or os.environ.get("TRAJSTORE_TOKEN"))
+        self.metadata = call_metadata(token)
         self.timeout = timeout
 
     def unary(self, method: Callable[..., T], request: Any) -> T:
@@ -200,20 +206,28 @@ class RemoteStorageReader:
         run: Run name.
         token: Bearer token (default: ``TRAJSTORE_TOKEN``).
         timeout: Seconds to wait for each unary call.
+        tls_ca: CA certificate (PEM) to connect with TLS (default: ``TRAJSTORE_TLS_CA``).
     """
 
     def __init__(
-        self, address: str, run: str, *, token: str | None = None, timeout: float | None = 60.0
+        self,
+        address: str,
+        run: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = 60.0,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address = address
         self.run = run
         self._token = token
         self._timeout = timeout
+        self._tls_ca = tls_ca
         self._calls: _Calls | None = None
         self._spec: RunSpec | None = None
 
     def __enter__(self) -> RemoteStorageReader:
-        self._calls = _Calls(self.address, self._token, self._timeout)
+        self._calls = _Calls(self.address, self._token, self._timeout, self._tls_ca)
         try:
             described = self._calls.unary(
                 self._calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run)
@@ -295,15 +309,22 @@ class Client:
         address: ``host:port`` of the store.
         token: Bearer token (default: ``TRAJSTORE_TOKEN``).
         timeout: Seconds to wait for each unary call.
+        tls_ca: CA certificate (PEM) to connect with TLS (default: ``TRAJSTORE_TLS_CA``).
     """
 
     def __init__(
-        self, address: str, *, token: str | None = None, timeout: float | None = 60.0
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = 60.0,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address = address
         self._token = token
         self._timeout = timeout
-        self._calls = _Calls(address, token, timeout)
+        self._tls_ca = tls_ca
+        self._calls = _Calls(address, token, timeout, tls_ca)
 
     def __enter__(self) -> Client:
         return self
@@ -323,7 +344,7 @@ class Client:
     def open_run(self, run: str) -> RemoteStorageReader:
         """An open reader for ``run`` (close it, or use it in a ``with`` block)."""
         return RemoteStorageReader(
-            self.address, run, token=self._token, timeout=self._timeout
+            self.address, run, token=self._token, timeout=self._timeout, tls_ca=self._tls_ca
         ).__enter__()
 
     def pull(
@@ -349,6 +370,19 @@ class Client:
             return pull_run(reader, Path(path), progress=show, chunk_bytes=chunk_bytes)
 
 
-def connect(address: str, *, token: str | None = None, timeout: float | None = 60.0) -> Client:
-    """Connect to the store at ``address`` (``host:port``)."""
-    return Client(address, token=token, timeout=timeout)
+def connect(
+    address: str,
+    *,
+    token: str | None = None,
+    timeout: float | None = 60.0,
+    tls_ca: str | os.PathLike[str] | None = None,
+) -> Client:
+    """Connect to the store at ``address`` (``host:port``).
+
+    Args:
+        address: The store.
+        token: Bearer token (default: ``TRAJSTORE_TOKEN``).
+        timeout: Seconds to wait for each unary call.
+        tls_ca: CA certificate (PEM) to connect with TLS (default: ``TRAJSTORE_TLS_CA``).
+    """
+    return Client(address, token=token, timeout=timeout, tls_ca=tls_ca)

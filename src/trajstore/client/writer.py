@@ -48,7 +48,8 @@ class RemoteStorageWriter(Generic[State, Config]):
             ``"overwrite"`` or ``"append"`` (resume; the schema must match).
         metadata: JSON-serialisable user metadata stored with the run.
         compile_views: Compile the views with ``jax.jit``.
-        token: Bearer token sent with every call.
+        token: Bearer token sent with every call (default: ``TRAJSTORE_TOKEN``).
+        tls_ca: CA certificate (PEM) to connect with TLS (default: ``TRAJSTORE_TLS_CA``).
         max_pending_bytes: Bound on bytes logged but not yet durable.
         send_interval: A partly filled block is sent after this many seconds.
         timeout: Seconds to wait for the store when opening and closing the run.
@@ -66,6 +67,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         metadata: Mapping[str, Any] | None = None,
         compile_views: bool = True,
         token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
         max_pending_bytes: int = 64 << 20,
         send_interval: float = 0.1,
         timeout: float = 60.0,
@@ -83,7 +85,8 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.max_pending_bytes = max_pending_bytes
         self.send_interval = send_interval
         self.timeout = timeout
-        self._metadata = call_metadata(token or os.environ.get("TRAJSTORE_TOKEN"))
+        self._metadata = call_metadata(token)
+        self._tls_ca = tls_ca
         self._groups: list[GroupWriters] = []
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.IngestServiceStub | None = None
@@ -102,7 +105,7 @@ class RemoteStorageWriter(Generic[State, Config]):
             compile_views=self.compile_views,
             metadata=self.metadata,
         )
-        self._channel = open_channel(self.address)
+        self._channel = open_channel(self.address, self._tls_ca)
         self._stub = pb_grpc.IngestServiceStub(self._channel)  # type: ignore[no-untyped-call]
         try:
             opened = self._stub.OpenRun(

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from trajstore.server.auth import AuthInterceptor, Tokens
 from trajstore.server.config import Limits, ServerConfig
 from trajstore.server.files import RunFiles
 from trajstore.server.ingest import IngestServicer
@@ -55,6 +56,7 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
             ("grpc.max_send_message_length", max_message),
         ],
         maximum_concurrent_rpcs=config.max_workers,
+        interceptors=[AuthInterceptor(config.tokens)] if config.tokens else [],
     )
     pb_grpc.add_IngestServiceServicer_to_server(  # type: ignore[no-untyped-call]
         IngestServicer(registry), server
@@ -72,7 +74,13 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
         ),
         server,
     )
-    port = server.add_insecure_port(config.listen)
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     return server, port, registry
@@ -142,6 +150,10 @@ def serve(
     lease_seconds: float = 60.0,
     max_workers: int = 64,
     metrics_listen: str | None = None,
+    tokens: Tokens | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
 ) -> ServerHandle:
     """Start a storage server in this process; returns once it accepts calls.
 
@@ -153,6 +165,14 @@ def serve(
         lease_seconds: A writer session idle this long is released.
         max_workers: Threads serving RPCs.
         metrics_listen: ``host:port`` for a Prometheus ``/metrics`` endpoint.
+        tokens: Accepted bearer tokens (see :class:`~trajstore.server.auth.Tokens`).
+        tls_cert: PEM certificate chain: serve TLS.
+        tls_key: PEM private key of ``tls_cert``.
+        insecure: Allow listening beyond loopback without tokens.
+
+    Raises:
+        InvalidArgumentError: Listening beyond loopback without tokens and
+            without ``insecure`` (secure by default).
     """
     config = ServerConfig(
         data_dir=Path(data_dir),
@@ -162,6 +182,10 @@ def serve(
         lease_seconds=lease_seconds,
         max_workers=max_workers,
         metrics_listen=metrics_listen,
+        tokens=tokens or Tokens({}),
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
+        insecure=insecure,
     )
     server, port, registry = create_server(config)
     server.start()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trajstore.errors import InvalidArgumentError
+from trajstore.server.auth import Tokens, is_loopback
+
 __all__ = ["Limits", "ServerConfig"]
 
 
@@ -47,6 +50,11 @@ class ServerConfig:
         max_workers: Threads serving RPCs (each open stream holds one).
         metrics_listen: ``host:port`` for the Prometheus ``/metrics`` endpoint
             (``None``: no endpoint).
+        tokens: Accepted bearer tokens and their roles (none: no access control,
+            allowed only on loopback unless ``insecure``).
+        tls_cert: PEM certificate chain to serve TLS with.
+        tls_key: PEM private key of ``tls_cert``.
+        insecure: Allow listening beyond loopback without tokens.
     """
 
     data_dir: Path
@@ -56,3 +64,16 @@ class ServerConfig:
     lease_seconds: float = 60.0
     max_workers: int = 64
     metrics_listen: str | None = None
+    tokens: Tokens = field(default_factory=lambda: Tokens({}))
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tokens and not self.insecure and not is_loopback(self.listen):
+            raise InvalidArgumentError(
+                f"refusing to listen on {self.listen} without access tokens: give tokens "
+                f"(--tokens-file or TRAJSTORE_TOKENS) or, to run open, --insecure"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgumentError("TLS needs both a certificate and its key")
