@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import numpy as np
 
 from trajstore import errors
 from trajstore.compression import Compression
@@ -22,14 +21,12 @@ from trajstore.v1 import query_pb2 as qpb
 __all__ = [
     "ERROR_CLASS_KEY",
     "MODES",
-    "block_payload",
     "error_from_rpc",
     "index_from_proto",
     "index_to_proto",
     "mode_from_proto",
     "schema_from_proto",
     "schema_to_proto",
-    "split_payload",
     "status_code",
 ]
 
@@ -223,19 +220,6 @@ def index_from_proto(components: Sequence[qpb.IndexComponent], is_tuple: bool) -
     if len(parts) != 1:
         raise errors.InvalidArgumentError("a non-tuple index has exactly one component")
     return parts[0]
-
-
-def block_payload(leaves: Sequence[np.ndarray]) -> bytes:
-    """The wire payload of a block: each stacked leaf's bytes, little-endian, C order."""
-    return b"".join(np.ascontiguousarray(leaf).tobytes() for leaf in leaves)
-
-
-def split_payload(payload: bytes, part_bytes: int) -> list[tuple[int, memoryview]]:
-    """``(offset, part)`` slices of at most ``part_bytes`` (at least one part)."""
-    view = memoryview(payload)
-    if len(view) <= part_bytes:
-        return [(0, view)]
-    return [(o, view[o : o + part_bytes]) for o in range(0, len(view), part_bytes)]
 
 
 _STATUS = {name: getattr(grpc.StatusCode, name) for name in dir(grpc.StatusCode) if name.isupper()}
