@@ -18,7 +18,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir .
 
-USER trajstore
+USER 10001:10001
 # Listening beyond loopback needs tokens (TRAJSTORE_TOKENS or TRAJSTORE_TOKENS_FILE)
 # or an explicit TRAJSTORE_INSECURE=1: the server refuses to start open otherwise.
 ENV TRAJSTORE_DATA_DIR=/data \

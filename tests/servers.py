@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,23 +31,38 @@ class StoreProcess:
         return self.process.wait(timeout)
 
 
-def start_store(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> StoreProcess:
-    """Start ``python -m trajstore serve`` on 127.0.0.1:0 and wait until it listens."""
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a store restarted on the same address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_store(
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    launcher: Sequence[str] = (),
+) -> StoreProcess:
+    """Start ``python -m trajstore serve`` on 127.0.0.1 and wait until it listens."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        *launcher,
+        sys.executable,
+        "-m",
+        "trajstore",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trajstore",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-            *extra,
-        ],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -179,6 +180,15 @@ def main() -> None:
     help="Allow listening beyond loopback without tokens (anyone may then write).",
 )
 @click.option(
+    "--shutdown-grace",
+    envvar="TRAJSTORE_SHUTDOWN_GRACE",
+    type=float,
+    default=10.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds open streams get to finish after SIGTERM before they are cut.",
+)
+@click.option(
     "--metrics-listen",
     envvar="TRAJSTORE_METRICS_LISTEN",
     default=None,
@@ -202,6 +212,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure: bool,
+    shutdown_grace: float,
     metrics_listen: str | None,
 ) -> None:
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
@@ -242,7 +253,12 @@ def serve(
     sys.stdout.flush()
     stop.wait()
     click.echo("trajstore: stopping: draining streams, flushing runs", err=True)
-    handle.stop()
+    handle.stop(grace=shutdown_grace)
+    # Every run is flushed and closed: leave without the interpreter's finalizers,
+    # which would free HDF5 handles of any file a failed disk left unclosable.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _configure_logging(level: str, fmt: str) -> None:

@@ -5,21 +5,36 @@ The contract mirrors :class:`~trajstore.store.background.BackgroundWriter`:
 more than ``max_pending_bytes`` are logged but not yet acknowledged as
 durable (then it blocks; nothing is dropped); :meth:`BlockSender.flush`
 returns once everything put so far is acknowledged; an error (from the
-server or the connection) is raised by the next ``put_frame``, ``flush`` or
-``close``.
+server, or a store unreachable for longer than ``reconnect_timeout``) is
+raised by the next ``put_frame``, ``flush`` or ``close``.
+
+Every block stays in memory until the store acknowledges it. When the
+stream breaks (the store restarts, the network drops), the sender reopens
+the run in ``append`` mode — taking over its own previous session if the
+store still holds it — and resends every unacknowledged block, in order,
+with backoff between attempts. Block writes are idempotent by time index,
+so a block that was durable but not yet acknowledged is simply written again:
+the run ends with every frame exactly once.
 """
 
 from __future__ import annotations
 
-import queue
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from trajstore import wire
 from trajstore.errors import NotOpenError, TrajstoreError, UnavailableError
@@ -28,10 +43,21 @@ from trajstore.store import layout
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
-__all__ = ["BlockSender"]
+__all__ = ["BlockSender", "Session"]
+
+log = logging.getLogger("trajstore.client")
 
 #: A block aims at this many bytes (fewer when a group's batch is smaller).
 BLOCK_TARGET_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class Session:
+    """A writer session on the store, as OpenRun granted it."""
+
+    id: str
+    part_bytes: int
+    lease_seconds: float
 
 
 @dataclass
@@ -56,39 +82,67 @@ class _Pending:
     since: float = 0.0
 
 
+@dataclass
+class _Block:
+    """An encoded block, kept until the store acknowledges it."""
+
+    number: int  # the sender's own numbering, 1, 2, ... across sessions
+    group: int
+    start: int
+    count: int
+    total_bytes: int
+    parts: list[tuple[int, bytes]]
+    nbytes: int  # logged bytes it accounts for
+    actual_steps: int
+
+
+class _StreamBrokeError(Exception):
+    """The write stream ended or failed in a way worth reconnecting for."""
+
+
+_RETRIABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 _END = object()
 
 
 class BlockSender:
-    """Streams one run's frames to the store over one Write stream.
+    """Streams one run's frames to the store, reconnecting when the stream breaks.
 
     Args:
         stub: Ingest service stub.
-        session: Session id from OpenRun.
+        session: The session from OpenRun.
         spec: The run's schema.
-        part_bytes: Largest data part per message (the server's limit).
+        reopen: Opens the run again in ``append`` mode, taking over the given
+            session id; returns the new session (raises on failure).
         metadata: Call metadata (credentials).
         max_pending_bytes: Bound on bytes logged but not yet acknowledged.
         send_interval: A partly filled block is sent after this many seconds.
+        reconnect_timeout: Give up (and fail) after the store has been
+            unreachable this long.
     """
 
     def __init__(
         self,
         stub: pb_grpc.IngestServiceStub,
-        session: str,
+        session: Session,
         spec: RunSpec,
         *,
-        part_bytes: int,
+        reopen: Callable[[str], Session],
         metadata: tuple[tuple[str, str], ...] = (),
         max_pending_bytes: int = 64 << 20,
         send_interval: float = 0.1,
+        reconnect_timeout: float = 300.0,
     ) -> None:
-        self.session = session
         self.spec = spec
-        self.part_bytes = max(part_bytes, 1)
         self.max_pending_bytes = max_pending_bytes
         self.send_interval = send_interval
+        self.reconnect_timeout = reconnect_timeout
         self.actual_steps = 0
+        #: Times the stream broke and was re-established.
+        self.reconnects = 0
+        self._stub = stub
+        self._reopen = reopen
+        self._metadata = metadata
+        self._session = session
         self._batch = [
             max(1, min(layout.batch_frames(g), BLOCK_TARGET_BYTES // max(g.frame_nbytes, 1)))
             for g in spec.groups
@@ -97,19 +151,20 @@ class BlockSender:
         self._inbox: deque[_Frame | _FlushMarker | object] = deque()
         self._pending = [_Pending() for _ in spec.groups]
         self._pending_bytes = 0
-        self._unacked: deque[tuple[int, int]] = deque()  # (block, nbytes)
+        self._blocks: deque[_Block] = deque()  # sealed, not yet acknowledged
         self._markers: list[_FlushMarker] = []
+        self._flush_wanted = 0  # flushes requested by the encoder
         self._acked = 0
         self._next_block = 1
         self._error: TrajstoreError | None = None
+        self._ending = False
         self._closed = False
-        self._requests: queue.Queue[pb.WriteRequest | object] = queue.Queue()
-        self._responses = stub.Write(self._request_stream(), metadata=metadata)
+        self._stream: grpc.Future | None = None
         self._encoder = threading.Thread(
             target=self._encode_loop, name="trajstore-encode", daemon=True
         )
         self._receiver = threading.Thread(
-            target=self._receive_loop, name="trajstore-acks", daemon=True
+            target=self._stream_loop, name="trajstore-stream", daemon=True
         )
         self._encoder.start()
         self._receiver.start()
@@ -117,12 +172,17 @@ class BlockSender:
     # ---------------------------------------------------------------- callers
 
     @property
+    def session(self) -> str:
+        """The current session id."""
+        return self._session.id
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes logged and not yet acknowledged as durable."""
         return self._pending_bytes
 
     def raise_if_failed(self) -> None:
-        """Raise the error that stopped the stream, if any."""
+        """Raise the error that stopped the sender, if any."""
         if self._error is not None:
             raise self._error
 
@@ -171,11 +231,14 @@ class BlockSender:
 
     def cancel(self) -> None:
         """Abandon the stream at once (the writer is failing anyway)."""
-        self._responses.cancel()
         with self._cond:
             self._closed = True
+            self._ending = True
             self._inbox.append(_END)
             self._cond.notify_all()
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
 
     def _check_open(self) -> None:
         self.raise_if_failed()
@@ -183,14 +246,6 @@ class BlockSender:
             raise NotOpenError("the remote writer is closed")
 
     # ------------------------------------------------------- encoder thread
-
-    def _request_stream(self) -> Iterator[pb.WriteRequest]:
-        yield pb.WriteRequest(session=self.session)
-        while True:
-            request = self._requests.get()
-            if request is _END:
-                return
-            yield request  # type: ignore[misc]
 
     def _encode_loop(self) -> None:
         try:
@@ -205,15 +260,18 @@ class BlockSender:
                     self._inbox.clear()
                 for item in items:
                     if item is _END:
-                        self._requests.put(_END)
+                        with self._cond:
+                            self._ending = True
+                            self._cond.notify_all()
                         return
                     if isinstance(item, _FlushMarker):
                         self._seal_all()
-                        item.target = self._next_block - 1
-                        self._requests.put(
-                            pb.WriteRequest(flush=True, actual_steps=self.actual_steps)
-                        )
-                        self._complete_markers(item)
+                        with self._cond:
+                            item.target = self._next_block - 1
+                            self._flush_wanted += 1
+                            self._markers.append(item)
+                            self._complete_markers()
+                            self._cond.notify_all()
                     elif isinstance(item, _Frame):
                         self._add(item)
                 due = self._next_send_due()
@@ -221,7 +279,6 @@ class BlockSender:
                     self._seal_all(only_due=True)
         except Exception as e:  # encoding must never die silently
             self._fail(TrajstoreError(f"encoding frames failed: {e!r}"))
-            self._requests.put(_END)
 
     def _next_send_due(self) -> float | None:
         oldest = [p.since for p in self._pending if p.frames]
@@ -251,67 +308,164 @@ class BlockSender:
 
     def _seal(self, group: int) -> None:
         pending = self._pending[group]
+        self._pending[group] = _Pending()
         count = len(pending.frames)
         if count == 1:
             buffers = [np.ascontiguousarray(leaf) for leaf in pending.frames[0]]
         else:
             buffers = [np.stack(column) for column in zip(*pending.frames, strict=True)]
-        block = self._next_block
-        self._next_block += 1
+        parts = list(_parts(buffers, self._session.part_bytes))
         with self._cond:
-            self._unacked.append((block, pending.nbytes))
-        total = sum(b.nbytes for b in buffers)
-        for offset, data in _parts(buffers, self.part_bytes):
-            self._requests.put(
-                pb.WriteRequest(
-                    block=block,
-                    group=group,
-                    start=pending.start,
-                    count=count,
-                    total_bytes=total,
-                    offset=offset,
-                    data=data,
-                    actual_steps=self.actual_steps,
-                )
+            block = _Block(
+                number=self._next_block,
+                group=group,
+                start=pending.start,
+                count=count,
+                total_bytes=sum(b.nbytes for b in buffers),
+                parts=parts,
+                nbytes=pending.nbytes,
+                actual_steps=self.actual_steps,
             )
-        self._pending[group] = _Pending()
+            self._next_block += 1
+            self._blocks.append(block)
+            self._cond.notify_all()
 
-    # ------------------------------------------------------ receiver thread
+    # ------------------------------------------- stream and receiver thread
 
-    def _receive_loop(self) -> None:
-        try:
-            for response in self._responses:
-                self._on_ack(int(response.durable_block))
-            if not self._closed:
-                self._fail(UnavailableError("the store ended the write stream"))
-        except grpc.RpcError as e:
-            if not (self._closed and e.code() == grpc.StatusCode.CANCELLED):
-                self._fail(wire.error_from_rpc(e))
-        finally:
+    def _requests(self, session: Session, first_block: int) -> Iterator[pb.WriteRequest]:
+        """What one Write stream sends: unacknowledged blocks from ``first_block`` on."""
+        yield pb.WriteRequest(session=session.id)
+        base = first_block - 1  # this stream numbers blocks from 1
+        cursor = first_block
+        # A new stream after a reconnect repeats the latest flush request, so
+        # that flushes waiting on resent blocks complete.
+        flushes_sent = 0
+        keepalive = max(session.lease_seconds / 4, 0.05)
+        last_sent = time.monotonic()
+        while True:
             with self._cond:
-                for marker in self._markers:
-                    marker.done.set()
-                self._cond.notify_all()
+                while True:
+                    block = self._block_at(cursor)
+                    wanted = self._flush_wanted
+                    if block is not None or (self._ending and cursor >= self._next_block):
+                        break
+                    if wanted > flushes_sent:
+                        break
+                    remaining = last_sent + keepalive - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                ending = self._ending and cursor >= self._next_block and block is None
+            if block is not None:
+                for offset, data in block.parts:
+                    yield pb.WriteRequest(
+                        block=block.number - base,
+                        group=block.group,
+                        start=block.start,
+                        count=block.count,
+                        total_bytes=block.total_bytes,
+                        offset=offset,
+                        data=data,
+                        actual_steps=block.actual_steps,
+                    )
+                cursor += 1
+            elif wanted > flushes_sent:
+                flushes_sent = wanted
+                yield pb.WriteRequest(flush=True, actual_steps=self.actual_steps)
+            elif ending:
+                return
+            else:
+                yield pb.WriteRequest()  # keepalive: renews the lease
+            last_sent = time.monotonic()
+
+    def _block_at(self, number: int) -> _Block | None:
+        if not self._blocks:
+            return None
+        position = number - self._blocks[0].number  # blocks are numbered consecutively
+        return self._blocks[position] if 0 <= position < len(self._blocks) else None
+
+    def _stream_loop(self) -> None:
+        first_block = 1
+        while True:
+            try:
+                self._run_stream(first_block)
+                return  # the stream ended because we closed it
+            except _StreamBrokeError as broke:
+                if self._closed and self._ending and not self._blocks:
+                    return
+                log.warning("write stream broke (%s); reconnecting", broke)
+            except TrajstoreError as e:
+                self._fail(e)
+                return
+            try:
+                self._reconnect()
+            except TrajstoreError as e:
+                self._fail(e)
+                return
+            with self._cond:
+                first_block = self._blocks[0].number if self._blocks else self._next_block
+
+    def _run_stream(self, first_block: int) -> None:
+        session = self._session
+        responses = self._stub.Write(self._requests(session, first_block), metadata=self._metadata)
+        with self._cond:
+            self._stream = responses
+        base = first_block - 1
+        try:
+            for response in responses:
+                self._on_ack(int(response.durable_block) + base)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code in _RETRIABLE and not (self._closed and code == grpc.StatusCode.CANCELLED):
+                raise _StreamBrokeError(code.name if code else "unknown") from None
+            if self._closed and code == grpc.StatusCode.CANCELLED:
+                return
+            raise wire.error_from_rpc(e) from None
+        with self._cond:
+            finished = self._ending and not self._blocks
+        if not finished:
+            raise _StreamBrokeError("the store ended the write stream")
+
+    def _reconnect(self) -> None:
+        old = self._session.id
+        try:
+            for attempt in Retrying(
+                wait=wait_exponential(multiplier=0.1, max=5.0),
+                stop=stop_after_delay(self.reconnect_timeout),
+                retry=retry_if_exception_type(UnavailableError),
+                reraise=False,
+            ):
+                with attempt:
+                    if self._closed and self._error is not None:
+                        raise self._error
+                    session = self._reopen(old)
+        except RetryError:
+            raise UnavailableError(
+                f"the store stayed unreachable for {self.reconnect_timeout:.0f}s; "
+                f"frames not yet acknowledged were not stored"
+            ) from None
+        with self._cond:
+            self._session = session
+            self.reconnects += 1
+            self._cond.notify_all()
+        log.warning("reconnected: resending unacknowledged blocks", extra={"session": session.id})
 
     def _on_ack(self, block: int) -> None:
         with self._cond:
             self._acked = max(self._acked, block)
-            while self._unacked and self._unacked[0][0] <= self._acked:
-                self._pending_bytes -= self._unacked.popleft()[1]
+            while self._blocks and self._blocks[0].number <= self._acked:
+                self._pending_bytes -= self._blocks.popleft().nbytes
             self._complete_markers()
             self._cond.notify_all()
 
-    def _complete_markers(self, new: _FlushMarker | None = None) -> None:
-        with self._cond:
-            if new is not None:
-                self._markers.append(new)
-            waiting = []
-            for marker in self._markers:
-                if 0 <= marker.target <= self._acked:
-                    marker.done.set()
-                else:
-                    waiting.append(marker)
-            self._markers = waiting
+    def _complete_markers(self) -> None:
+        waiting = []
+        for marker in self._markers:
+            if 0 <= marker.target <= self._acked:
+                marker.done.set()
+            else:
+                waiting.append(marker)
+        self._markers = waiting
 
     def _fail(self, error: TrajstoreError) -> None:
         with self._cond:
@@ -320,6 +474,7 @@ class BlockSender:
             for marker in self._markers:
                 marker.done.set()
             self._markers = []
+            self._ending = True
             self._cond.notify_all()
 
 

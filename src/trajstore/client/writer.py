@@ -11,7 +11,7 @@ import grpc
 
 from trajstore import wire
 from trajstore.client.channel import call_metadata, open_channel
-from trajstore.client.sender import BlockSender
+from trajstore.client.sender import BlockSender, Session
 from trajstore.errors import NotOpenError
 from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.local import StepClock
@@ -53,6 +53,10 @@ class RemoteStorageWriter(Generic[State, Config]):
         max_pending_bytes: Bound on bytes logged but not yet durable.
         send_interval: A partly filled block is sent after this many seconds.
         timeout: Seconds to wait for the store when opening and closing the run.
+        reconnect_timeout: When the stream breaks, the writer reconnects with
+            backoff and resends everything not yet acknowledged; after this many
+            seconds without the store it gives up, and the next ``log()``,
+            ``flush()`` or ``__exit__`` raises :class:`~trajstore.errors.UnavailableError`.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         max_pending_bytes: int = 64 << 20,
         send_interval: float = 0.1,
         timeout: float = 60.0,
+        reconnect_timeout: float = 300.0,
     ) -> None:
         if mode not in wire.MODES:
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
@@ -85,6 +90,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.max_pending_bytes = max_pending_bytes
         self.send_interval = send_interval
         self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
         self._metadata = call_metadata(token)
         self._tls_ca = tls_ca
         self._groups: list[GroupWriters] = []
@@ -107,32 +113,52 @@ class RemoteStorageWriter(Generic[State, Config]):
         )
         self._channel = open_channel(self.address, self._tls_ca)
         self._stub = pb_grpc.IngestServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._schema = wire.schema_to_proto(spec)
+        try:
+            session = self._open_run(self.mode)
+        except BaseException:
+            self._channel.close()
+            self._channel = None
+            raise
+        self._sender = BlockSender(
+            self._stub,
+            session,
+            spec,
+            reopen=lambda previous: self._open_run("append", takeover=previous),
+            metadata=self._metadata,
+            max_pending_bytes=self.max_pending_bytes,
+            send_interval=self.send_interval,
+            reconnect_timeout=self.reconnect_timeout,
+        )
+        self._clock = StepClock()
+        self.initial_state = None
+        return self
+
+    def _open_run(self, mode: str, takeover: str = "") -> Session:
+        """OpenRun on the store; records where each group stands."""
+        if self._stub is None:
+            raise NotOpenError("the writer is not open")
         try:
             opened = self._stub.OpenRun(
                 pb.OpenRunRequest(
-                    run=self.run, mode=wire.MODES[self.mode], schema=wire.schema_to_proto(spec)
+                    run=self.run,
+                    mode=wire.MODES[mode],
+                    schema=self._schema,
+                    takeover_session=takeover,
                 ),
                 timeout=self.timeout,
                 metadata=self._metadata,
             )
         except grpc.RpcError as e:
-            self._channel.close()
-            self._channel = None
             raise wire.error_from_rpc(e) from None
-        self.resumed_frames = list(opened.frames)
-        self._sender = BlockSender(
-            self._stub,
-            opened.session,
-            spec,
-            part_bytes=int(opened.max_message_bytes),
-            metadata=self._metadata,
-            max_pending_bytes=self.max_pending_bytes,
-            send_interval=self.send_interval,
-        )
-        self._session = opened.session
-        self._clock = StepClock()
-        self.initial_state = None
-        return self
+        if not takeover:
+            self.resumed_frames = list(opened.frames)
+        return Session(opened.session, int(opened.max_message_bytes), opened.lease_seconds)
+
+    @property
+    def reconnects(self) -> int:
+        """How often the stream broke and the writer reconnected and resent."""
+        return self._sender.reconnects if self._sender is not None else 0
 
     def log(self, state: State, step: int) -> None:
         """Queue what the config selects from ``state`` at ``step``."""
@@ -160,7 +186,7 @@ class RemoteStorageWriter(Generic[State, Config]):
             try:
                 sender.close()
             finally:
-                self._close_run(sender.actual_steps)
+                self._close_run(sender.session, sender.actual_steps)
         except Exception as close_error:
             if exc is None:
                 raise
@@ -170,12 +196,12 @@ class RemoteStorageWriter(Generic[State, Config]):
                 self._channel.close()
                 self._channel = None
 
-    def _close_run(self, actual_steps: int) -> None:
+    def _close_run(self, session: str, actual_steps: int) -> None:
         if self._stub is None:
             return
         try:
             self._stub.CloseRun(
-                pb.CloseRunRequest(session=self._session, actual_steps=actual_steps),
+                pb.CloseRunRequest(session=session, actual_steps=actual_steps),
                 timeout=self.timeout,
                 metadata=self._metadata,
             )

@@ -61,7 +61,12 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         """Open a run for one writer."""
         spec = wire.schema_from_proto(request.schema)
         mode = wire.mode_from_proto(request.mode)
-        session = self.registry.open(request.run, mode, spec)  # type: ignore[arg-type]
+        session = self.registry.open(
+            request.run,
+            mode,  # type: ignore[arg-type]
+            spec,
+            takeover=request.takeover_session,
+        )
         log.info("run opened", extra={"run": request.run, "mode": mode, "peer": context.peer()})
         config = self.registry.config
         return pb.OpenRunResponse(
@@ -138,6 +143,12 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
                 yield _ack_message(ack)
             if done.is_set() and session.ack == sent:
                 break
+            if session.writer.failed:
+                try:
+                    session.writer.raise_if_failed()
+                except Exception as e:  # writing this run failed: end the stream with it
+                    failure.insert(0, e)
+                break
             if session.closed or not context.is_active():
                 break
         if failure:
@@ -145,6 +156,9 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
 
 
 def _receive(session: WriterSession, request: pb.WriteRequest) -> None:
+    session.touch()
+    if session.closed:
+        raise errors.FailedPreconditionError("this writer session was closed")
     if request.session and request.session != session.id:
         raise errors.InvalidArgumentError("a write stream carries one session")
     if not request.block and (request.count or request.total_bytes or request.data):

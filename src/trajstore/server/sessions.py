@@ -116,7 +116,9 @@ class WriterSession:
     def wait_for_ack(self, after: Ack, timeout: float, stop: Callable[[], bool]) -> Ack:
         """Wait up to ``timeout`` s for an acknowledgement other than ``after``, or ``stop()``."""
         with self._changed:
-            self._changed.wait_for(lambda: self.ack != after or self.closed or stop(), timeout)
+            self._changed.wait_for(
+                lambda: self.ack != after or self.closed or self.writer.failed or stop(), timeout
+            )
             return self.ack
 
     def wake(self) -> None:
@@ -226,16 +228,22 @@ class RunRegistry:
         self._by_id: dict[str, WriterSession] = {}
         self._opening: set[str] = set()
 
-    def open(self, run: str, mode: OpenMode, spec: RunSpec) -> WriterSession:
-        """Open ``run`` for one writer; :class:`RunLockedError` if another holds it."""
+    def open(self, run: str, mode: OpenMode, spec: RunSpec, *, takeover: str = "") -> WriterSession:
+        """Open ``run`` for one writer; :class:`RunLockedError` if another holds it.
+
+        ``takeover`` names the caller's own previous session (a writer that
+        reconnects): if it still holds the run, it is closed and replaced.
+        """
         path = run_path(self.config.data_dir, run)
         check_schema(spec, self.config.limits)
         expired = None
         with self._lock:
             held = self._by_run.get(run)
-            if run in self._opening or (
-                held is not None and time.monotonic() - held.last_active < self.config.lease_seconds
-            ):
+            live = held is not None and (
+                time.monotonic() - held.last_active < self.config.lease_seconds
+            )
+            mine = held is not None and bool(takeover) and held.id == takeover
+            if run in self._opening or (live and not mine):
                 raise RunLockedError(f"run {run!r} is being written by another writer")
             if held is not None:
                 expired = held
@@ -248,7 +256,8 @@ class RunRegistry:
             self._opening.add(run)  # reserved: files are opened outside the lock
         try:
             if expired is not None:
-                _close_logged(expired, "releasing expired session")
+                why = "taken over" if expired.id == takeover else "lease expired"
+                _close_logged(expired, why)
             session = self._create(run, path, mode, spec)
             with self._lock:
                 self._by_run[run] = session
@@ -275,6 +284,7 @@ class RunRegistry:
             max_pending_bytes=self.config.limits.max_pending_bytes_per_run,
             flush_interval=self.config.flush_interval,
             on_flush=lambda frames, tag: holder[0].on_flush(frames, tag) if holder else None,
+            on_error=lambda error: holder[0].wake() if holder else None,
         )
         session = WriterSession(
             id=secrets.token_hex(16),

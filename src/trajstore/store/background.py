@@ -75,6 +75,8 @@ class BackgroundWriter:
         on_flush: Called on the background thread after every flush with the
             frames now durable per group and the tag of the last block
             submitted before the flush (the server acknowledges with these).
+        on_error: Called on the background thread when writing fails (the
+            server ends the writer's stream with it at once).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class BackgroundWriter:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float | None = None,
         on_flush: Callable[[list[int], int | None], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         if max_pending_bytes < 1:
             raise ValueError("max_pending_bytes must be positive")
@@ -91,6 +94,7 @@ class BackgroundWriter:
         self.max_pending_bytes = max_pending_bytes
         self.flush_interval = flush_interval
         self._on_flush = on_flush
+        self._on_error = on_error
         self._batch = [layout.batch_frames(g) for g in file.spec.groups]
         self._buffers = [_Buffer() for _ in file.spec.groups]
         self._queue: deque[_Block | _Flush | None] = deque()
@@ -113,6 +117,11 @@ class BackgroundWriter:
     def durable_frames(self) -> list[int]:
         """Frames per group that the last flush made durable."""
         return list(self._durable)
+
+    @property
+    def failed(self) -> bool:
+        """Whether writing failed (the error is raised by the next call)."""
+        return self._error is not None
 
     @property
     def pending_bytes(self) -> int:
@@ -244,12 +253,15 @@ class BackgroundWriter:
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
-            if self._error is None:
+            first = self._error is None
+            if first:
                 self._error = error
             # Nothing more is written: drop what is buffered and wake every caller.
             self._buffers = [_Buffer() for _ in self._buffers]
             self._pending_bytes = 0
             self._cond.notify_all()
+        if first and self._on_error is not None:
+            self._on_error(error)
 
     def _release(self, nbytes: int) -> None:
         with self._cond:

@@ -22,6 +22,7 @@ from trajstore.errors import (
 )
 from trajstore.schema import GroupSpec, RunSpec, storage_dtype
 from trajstore.store import layout
+from trajstore.store.space import check_room
 from trajstore.store.stored import encode_stored
 
 __all__ = ["Hdf5ObjWriter", "OpenMode", "RunFileWriter"]
@@ -149,7 +150,7 @@ class RunFileWriter:
         if mode == "append":
             if not self.path.exists():
                 raise RunNotFoundError(f"no run file at {self.path} to append to")
-            file = h5py.File(self.path, "r+", libver=layout.LIBVER)
+            file = self._open_existing()
             try:
                 groups = self._bind_existing(file)
             except BaseException:
@@ -164,6 +165,17 @@ class RunFileWriter:
             groups = [Hdf5ObjWriter.create(file, g) for g in self.spec.groups]
         file.swmr_mode = True
         return file, groups
+
+    def _open_existing(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r+", libver=layout.LIBVER)
+        except OSError as e:
+            from trajstore.store.recovery import is_left_open, recover
+
+            if not is_left_open(e):
+                raise
+        recover(self.path)  # a killed writer left it open: rebuild from its durable frames
+        return h5py.File(self.path, "r+", libver=layout.LIBVER)
 
     def _bind_existing(self, file: h5py.File) -> list[Hdf5ObjWriter]:
         version = int(file.attrs.get(layout.ATTR_FORMAT, -1))
@@ -197,6 +209,7 @@ class RunFileWriter:
     ) -> None:
         """Write a block of frames to group ``group_index``."""
         group = self.groups[group_index]
+        check_room(self.path, sum(leaf.nbytes for leaf in leaves))
         try:
             group.write_block(start, count, leaves)
         except OSError as e:
@@ -210,19 +223,28 @@ class RunFileWriter:
     def flush(self) -> None:
         """Make everything written so far durable, then publish the frame counts.
 
-        Data goes to disk before the counts that make it visible, so a reader
-        that trusts ``frames`` never sees a frame that is not there.
+        Data goes to disk (flushed by HDF5 and fsync'ed) before the counts that
+        make it visible, so a reader that trusts ``frames`` never sees a frame
+        that is not there, and frames counted survive a crash of the process
+        or of the machine.
         """
         try:
             self._file.flush()
+            self._sync()
             for i in sorted(self._dirty):
                 group = self.groups[i]
                 self._file[group.spec.name].attrs[layout.ATTR_FRAMES] = np.int64(group.frames)
             self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(self._actual_steps)
             self._file.flush()
+            self._sync()
         except OSError as e:
             raise StorageError(f"flushing {self.path} failed: {e}") from e
         self._dirty.clear()
+
+    def _sync(self) -> None:
+        handle = self._file.id.get_vfd_handle()
+        if isinstance(handle, int):
+            os.fsync(handle)
 
     def close(self) -> None:
         """Flush and close the file."""

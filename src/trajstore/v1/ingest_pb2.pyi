@@ -82,14 +82,16 @@ class RunSchema(_message.Message):
     def __init__(self, groups: _Optional[_Iterable[_Union[GroupSchema, _Mapping]]] = ..., config_structure_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class OpenRunRequest(_message.Message):
-    __slots__ = ("run", "mode", "schema")
+    __slots__ = ("run", "mode", "schema", "takeover_session")
     RUN_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TAKEOVER_SESSION_FIELD_NUMBER: _ClassVar[int]
     run: str
     mode: OpenMode
     schema: RunSchema
-    def __init__(self, run: _Optional[str] = ..., mode: _Optional[_Union[OpenMode, str]] = ..., schema: _Optional[_Union[RunSchema, _Mapping]] = ...) -> None: ...
+    takeover_session: str
+    def __init__(self, run: _Optional[str] = ..., mode: _Optional[_Union[OpenMode, str]] = ..., schema: _Optional[_Union[RunSchema, _Mapping]] = ..., takeover_session: _Optional[str] = ...) -> None: ...
 
 class OpenRunResponse(_message.Message):
     __slots__ = ("session", "frames", "actual_steps", "max_message_bytes", "lease_seconds")
