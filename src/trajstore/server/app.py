@@ -118,7 +118,11 @@ class ServerHandle:
         self._stopped.set()
         if self.registry.health is not None:
             self.registry.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        # gRPC cancels what is still running after ``grace``; its shutdown event
+        # can stay unset after a call whose messages failed to decode, so the
+        # wait is bounded too.
+        if not self.server.stop(grace).wait(grace + 5):
+            log.warning("gRPC shutdown did not confirm; closing the runs anyway")
         self.registry.close_all()
         self.registry.files.close_all()
         if self._metrics_server is not None:
