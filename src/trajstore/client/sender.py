@@ -58,6 +58,7 @@ class Session:
     id: str
     part_bytes: int
     lease_seconds: float
+    frames: tuple[int, ...] = ()  # frames durable per group when it was opened
 
 
 @dataclass
@@ -332,10 +333,15 @@ class BlockSender:
 
     # ------------------------------------------- stream and receiver thread
 
-    def _requests(self, session: Session, first_block: int) -> Iterator[pb.WriteRequest]:
-        """What one Write stream sends: unacknowledged blocks from ``first_block`` on."""
+    def _requests(
+        self, session: Session, first_block: int, sent: list[int]
+    ) -> Iterator[pb.WriteRequest]:
+        """What one Write stream sends: unacknowledged blocks from ``first_block`` on.
+
+        The stream numbers the blocks it sends 1, 2, ...; ``sent[i]`` records
+        which of ours went as number ``i + 1``.
+        """
         yield pb.WriteRequest(session=session.id)
-        base = first_block - 1  # this stream numbers blocks from 1
         cursor = first_block
         # A new stream after a reconnect repeats the latest flush request, so
         # that flushes waiting on resent blocks complete.
@@ -357,9 +363,10 @@ class BlockSender:
                     self._cond.wait(remaining)
                 ending = self._ending and cursor >= self._next_block and block is None
             if block is not None:
+                sent.append(block.number)
                 for offset, data in block.parts:
                     yield pb.WriteRequest(
-                        block=block.number - base,
+                        block=len(sent),
                         group=block.group,
                         start=block.start,
                         count=block.count,
@@ -407,13 +414,17 @@ class BlockSender:
 
     def _run_stream(self, first_block: int) -> None:
         session = self._session
-        responses = self._stub.Write(self._requests(session, first_block), metadata=self._metadata)
+        sent: list[int] = []
+        responses = self._stub.Write(
+            self._requests(session, first_block, sent), metadata=self._metadata
+        )
         with self._cond:
             self._stream = responses
-        base = first_block - 1
         try:
             for response in responses:
-                self._on_ack(int(response.durable_block) + base)
+                acked = int(response.durable_block)
+                if 0 < acked <= len(sent):
+                    self._on_ack(sent[acked - 1])
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             if code in _RETRIABLE and not (self._closed and code == grpc.StatusCode.CANCELLED):
@@ -453,15 +464,21 @@ class BlockSender:
     def _on_ack(self, block: int) -> None:
         with self._cond:
             self._acked = max(self._acked, block)
-            while self._blocks and self._blocks[0].number <= self._acked:
-                self._pending_bytes -= self._blocks.popleft().nbytes
-            self._complete_markers()
-            self._cond.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        """Drop blocks the store holds durably (in order); wake whoever waits. Lock held."""
+        while self._blocks and self._blocks[0].number <= self._acked:
+            self._pending_bytes -= self._blocks.popleft().nbytes
+        self._complete_markers()
+        self._cond.notify_all()
 
     def _complete_markers(self) -> None:
+        """Complete flushes whose blocks are all durable. Lock held."""
+        first_pending = self._blocks[0].number if self._blocks else self._next_block
         waiting = []
         for marker in self._markers:
-            if 0 <= marker.target <= self._acked:
+            if 0 <= marker.target < first_pending:
                 marker.done.set()
             else:
                 waiting.append(marker)

@@ -153,7 +153,12 @@ class RemoteStorageWriter(Generic[State, Config]):
             raise wire.error_from_rpc(e) from None
         if not takeover:
             self.resumed_frames = list(opened.frames)
-        return Session(opened.session, int(opened.max_message_bytes), opened.lease_seconds)
+        return Session(
+            opened.session,
+            int(opened.max_message_bytes),
+            opened.lease_seconds,
+            tuple(int(n) for n in opened.frames),
+        )
 
     @property
     def reconnects(self) -> int:

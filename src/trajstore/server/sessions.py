@@ -94,6 +94,7 @@ class WriterSession:
     _next_frame: list[int] = field(default_factory=list)
     _last_block: int = 0
     _assembly: _Assembly | None = None
+    _rewinds: list[tuple[int, int, int]] = field(default_factory=list)  # (block, group, start)
 
     def __post_init__(self) -> None:
         self._next_frame = [0] * len(self.spec.groups)
@@ -105,9 +106,18 @@ class WriterSession:
         self.last_active = time.monotonic()
 
     def on_flush(self, frames: list[int], tag: int | None) -> None:
-        """Record a flush of the background writer (called on its thread)."""
+        """Record a flush of the background writer (called on its thread).
+
+        Readers see the durable frames, less any frames a rewriting block
+        not yet durable is about to replace (see :meth:`_submit`).
+        """
         with self._changed:
-            self.ack = Ack(tag if tag is not None else self.ack.block, tuple(frames))
+            block = tag if tag is not None else self.ack.block
+            self._rewinds = [r for r in self._rewinds if r[0] > block]
+            visible = list(frames)
+            for _, group, start in self._rewinds:
+                visible[group] = min(visible[group], start)
+            self.ack = Ack(block, tuple(visible))
             self._changed.notify_all()
         if self.metrics is not None:
             self.metrics.acknowledgements.inc()
@@ -207,6 +217,15 @@ class WriterSession:
             offset += nbytes
         self._last_block = header.block
         self._next_frame[header.group] = header.start + header.count
+        with self._changed:
+            if header.start < self.ack.frames[header.group]:
+                # A rewrite (a resend after a reconnect, or a restart from a
+                # checkpoint) shortens the group first: readers must not see the
+                # frames it replaces until the new ones are durable.
+                self._rewinds.append((header.block, header.group, header.start))
+                visible = list(self.ack.frames)
+                visible[header.group] = header.start
+                self.ack = Ack(self.ack.block, tuple(visible))
         if self.metrics is not None:
             self.metrics.frames_received.inc(header.count)
             self.metrics.bytes_received.inc(len(payload))
