@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup system-deps lint test demo example clean
+.PHONY: setup system-deps lint test demo example bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: setup lint
 
 demo: $(STAMP)
 	$(BIN)/trajstore demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 example: $(STAMP)
 	$(BIN)/python examples/local_quickstart.py

@@ -11,10 +11,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from trajstore.errors import GroupNotFoundError, NotOpenError, StepOrderError
+from trajstore.errors import NotOpenError, StepOrderError
 from trajstore.groups import GroupWriters, extract_frames, prepare_groups
-from trajstore.pytree import rebuild
-from trajstore.reading import GroupReader
+from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec
 from trajstore.store.background import DEFAULT_MAX_PENDING_BYTES, BackgroundWriter
 from trajstore.store.reader import RunFileReader
@@ -226,14 +225,5 @@ class HDF5StorageReader(Generic[Config]):
                 group does not exist.
         """
         file = self.file
-        name = view_or_name if isinstance(view_or_name, str) else self._resolve(view_or_name)
-        return GroupReader(_FileLeaves(file, file.group_index(name)), like=like)
-
-    def _resolve(self, view: Callable[[Any], Any]) -> Any:
-        spec = self.file.spec
-        try:
-            return view(rebuild(spec.config_structure, spec.group_names))
-        except (KeyError, AttributeError, IndexError, TypeError) as e:
-            raise GroupNotFoundError(
-                f"the view found no group in the config of {self.path.name}: {e!r}"
-            ) from None
+        position = group_position(file.spec, view_or_name, self.path.name)
+        return GroupReader(_FileLeaves(file, position), like=like)

@@ -15,13 +15,31 @@ from typing import Any, Generic, Protocol, TypeVar
 import jax
 import numpy as np
 
-from trajstore.errors import SchemaError
+from trajstore.errors import GroupNotFoundError, SchemaError
 from trajstore.pytree import rebuild
-from trajstore.schema import GroupSpec
+from trajstore.schema import GroupSpec, RunSpec
 
-__all__ = ["GroupReader", "LeafSource"]
+__all__ = ["GroupReader", "LeafSource", "group_position"]
 
 Storage = TypeVar("Storage")
+
+
+def group_position(spec: RunSpec, view_or_name: str | Callable[[Any], Any], run: str) -> int:
+    """Position of the group named, or picked by a view on the config, in ``spec``.
+
+    Raises:
+        GroupNotFoundError: No such group (a ``KeyError``).
+    """
+    name: Any = view_or_name
+    if not isinstance(view_or_name, str):
+        try:
+            name = view_or_name(rebuild(spec.config_structure, spec.group_names))
+        except (KeyError, AttributeError, IndexError, TypeError) as e:
+            message = f"the view found no group in the config of {run}: {e!r}"
+            raise GroupNotFoundError(message) from None
+    if not isinstance(name, str) or name not in spec.group_names:
+        raise GroupNotFoundError(f"no group {name!r} in {run}; groups: {spec.group_names}")
+    return spec.group_names.index(name)
 
 
 class LeafSource(Protocol):

@@ -15,9 +15,8 @@ import numpy as np
 
 from trajstore import wire
 from trajstore.client.channel import call_metadata, open_channel
-from trajstore.errors import GroupNotFoundError, NotOpenError
-from trajstore.pytree import rebuild
-from trajstore.reading import GroupReader
+from trajstore.errors import NotOpenError
+from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec, RunSpec
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
@@ -287,19 +286,8 @@ class RemoteStorageReader:
         self, view_or_name: str | Callable[[Any], Any], *, like: Any = None
     ) -> RemoteGroupReader:
         """A reader for one group, by name or by a view on the config."""
-        spec = self.spec
-        if isinstance(view_or_name, str):
-            name = view_or_name
-        else:
-            try:
-                name = view_or_name(rebuild(spec.config_structure, spec.group_names))
-            except (KeyError, AttributeError, IndexError, TypeError) as e:
-                raise GroupNotFoundError(
-                    f"the view found no group in the config of {self.run}: {e!r}"
-                ) from None
-        if name not in spec.group_names:
-            raise GroupNotFoundError(f"no group {name!r} in {self.run}; groups: {spec.group_names}")
-        return RemoteGroupReader(_RemoteLeaves(self, spec.group_names.index(name)), like=like)
+        position = group_position(self.spec, view_or_name, self.run)
+        return RemoteGroupReader(_RemoteLeaves(self, position), like=like)
 
 
 class Client:

@@ -1,0 +1,1 @@
+"""trajstore benchmarks: ``make bench`` (see BENCHMARKS.md)."""

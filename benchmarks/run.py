@@ -1,0 +1,253 @@
+"""Run the benchmarks: ``make bench`` or ``python -m benchmarks.run [--quick]``.
+
+Every figure is a median over interleaved repeats, reported with its baseline
+measured in the same run on the same machine: the local HDF5StorageWriter,
+plain h5py block writes, and a bare gRPC byte stream on loopback. Writers run
+in their own processes; the store runs in another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.grpc_baseline import push
+from benchmarks.workloads import workload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(*args: str) -> dict[str, Any]:
+    """Run one measured writer in its own process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.workloads", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline() if process.stdout else ""
+    return process, line.strip()
+
+
+def median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rows))
+
+
+def writers(
+    address: str, data: Path, name: str, scale: float, repeats: int, zstd: bool = False
+) -> dict[str, Any]:
+    """Local, remote and raw h5py writers on one workload, interleaved."""
+    extra = ["--scale", str(scale)] + (["--zstd"] if zstd else [])
+    rows: dict[str, list[dict[str, Any]]] = {"local": [], "remote": [], "h5py": []}
+    for _ in range(repeats):
+        rows["local"].append(worker("local", name, str(data / f"local-{name}.h5"), *extra))
+        rows["remote"].append(worker("remote", name, f"{address}/bench/{name}", *extra))
+        if not zstd:
+            rows["h5py"].append(worker("h5py", name, str(data / f"h5py-{name}.h5"), *extra))
+    load = workload(name, scale)
+    result: dict[str, Any] = {"steps": load.steps, "bytes": rows["local"][0]["bytes"]}
+    for kind, measured in rows.items():
+        if measured:
+            result[kind] = {key: median(measured, key) for key in measured[0]}
+    result["remote_vs_local"] = result["local"]["seconds"] / result["remote"]["seconds"]
+    return result
+
+
+def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, Any]:
+    """``clients`` MD writers at once against one local writer's throughput."""
+    local = worker("local", "md", str(data / "fan-local.h5"), "--scale", str(scale))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.workloads",
+                "remote",
+                "md",
+                f"{address}/bench/fan-{i}",
+                "--scale",
+                str(scale),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(clients)
+    ]
+    started = time.perf_counter()
+    outs = [json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in procs]
+    wall = time.perf_counter() - started
+    total = sum(o["bytes"] for o in outs)
+    aggregate = total / wall
+    single = local["bytes"] / local["seconds"]
+    return {
+        "clients": clients,
+        "aggregate_mb_s": aggregate / 1e6,
+        "local_single_mb_s": single / 1e6,
+        "ratio": aggregate / single,
+    }
+
+
+def reads(address: str, data: Path, run: str, samples: int) -> dict[str, Any]:
+    """Remote reads against local reads of the same file."""
+    from trajstore import HDF5StorageReader, RemoteStorageReader
+
+    path = data / f"{run}.h5"
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    for kind, opener in (
+        ("local", lambda: HDF5StorageReader(path)),
+        ("remote", lambda: RemoteStorageReader(address, run)),
+    ):
+        with opener() as reader:
+            traj = reader.focus_group("group['traj']")
+            n = len(traj)
+            t = time.perf_counter()
+            whole = traj.read(slice(None), select=lambda s: s["pos"])
+            whole_s = time.perf_counter() - t
+            times = []
+            for _ in range(samples):
+                i = int(rng.integers(n))
+                t = time.perf_counter()
+                traj.read(i, select=lambda s: s["pos"])
+                times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for _chunk in traj.read_chunked(64, select=lambda s: s["pos"]):
+                pass
+            chunked_s = time.perf_counter() - t
+        out[kind] = {
+            "whole_mb_s": whole.nbytes / whole_s / 1e6,
+            "random_frame_median_ms": float(np.median(times) * 1e3),
+            "chunked_mb_s": whole.nbytes / chunked_s / 1e6,
+        }
+    out["whole_remote_vs_local"] = out["remote"]["whole_mb_s"] / out["local"]["whole_mb_s"]
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import h5py
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "grpc": grpc.__version__,
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "workload        local MB/s  remote MB/s  h5py MB/s  remote/local  "
+        "log() median/p99 us (remote)  client RSS +MB"
+    ]
+    for name in ("md", "md_zstd", "scalars", "big"):
+        r = results.get(name)
+        if not r:
+            continue
+        mb = r["bytes"] / 1e6
+        h5 = f"{mb / r['h5py']['seconds']:9.0f}" if "h5py" in r else "        -"
+        lines.append(
+            f"{name:14s} {mb / r['local']['seconds']:11.0f} {mb / r['remote']['seconds']:12.0f} "
+            f"{h5}  {r['remote_vs_local']:11.2f}x  {r['remote']['log_median_us']:9.0f} / "
+            f"{r['remote']['log_p99_us']:<9.0f}          {r['remote']['rss_growth_mb']:6.0f}"
+        )
+    if "scalars" in results:
+        r = results["scalars"]
+        lines.append(
+            f"scalars: remote {r['steps'] / r['remote']['seconds']:.0f} steps/s, "
+            f"local {r['steps'] / r['local']['seconds']:.0f} steps/s"
+        )
+    if "grpc" in results:
+        g = results["grpc"]
+        lines.append(f"bare gRPC stream: {g['mb_s_1mib']:.0f} MB/s at 1 MiB messages")
+    if "fan_in" in results:
+        f = results["fan_in"]
+        lines.append(
+            f"fan-in: {f['clients']} MD writers {f['aggregate_mb_s']:.0f} MB/s together "
+            f"= {f['ratio']:.2f}x one local writer ({f['local_single_mb_s']:.0f} MB/s)"
+        )
+    if "reads" in results:
+        r = results["reads"]
+        lines.append(
+            f"reads: whole dataset remote {r['remote']['whole_mb_s']:.0f} MB/s vs local "
+            f"{r['local']['whole_mb_s']:.0f} MB/s ({r['whole_remote_vs_local']:.2f}x); random "
+            f"frame median remote {r['remote']['random_frame_median_ms']:.2f} ms, local "
+            f"{r['local']['random_frame_median_ms']:.2f} ms; chunked remote "
+            f"{r['remote']['chunked_mb_s']:.0f} MB/s, local {r['local']['chunked_mb_s']:.0f} MB/s"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink workloads (1: full)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, one repeat")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    scale, repeats = (0.02, 1) if args.quick else (args.scale, args.repeats)
+    data = Path(tempfile.mkdtemp(prefix="trajstore-bench-"))
+    store, line = start(
+        [
+            sys.executable,
+            "-m",
+            "trajstore",
+            "serve",
+            "--data-dir",
+            str(data / "store"),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    address = line.split()[3]
+    sink, port = start([sys.executable, "-m", "benchmarks.grpc_baseline", "serve"])
+    results: dict[str, Any] = {"machine": machine(), "scale": scale, "repeats": repeats}
+    try:
+        results["md"] = writers(address, data, "md", scale, repeats)
+        results["md_zstd"] = writers(address, data, "md", scale, repeats, zstd=True)
+        results["scalars"] = writers(address, data, "scalars", scale, repeats)
+        results["big"] = writers(address, data, "big", scale, repeats)
+        total = results["md"]["bytes"]
+        results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
+        results["fan_in"] = fan_in(address, data, scale / 2, 8)
+        worker("remote", "md", f"{address}/bench/read", "--scale", str(scale))
+        results["reads"] = reads(
+            address, data / "store", "bench/read", samples=50 if args.quick else 200
+        )
+    finally:
+        sink.kill()
+        store.send_signal(signal.SIGTERM)
+        store.wait(60)
+    print(table(results))
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The benchmark suite keeps running (tiny workloads; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_run_reports_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("md", "md_zstd", "scalars", "big"):
+        assert {"local", "remote", "remote_vs_local", "bytes"} <= set(results[name])
+        assert results[name]["remote"]["rss_growth_mb"] >= 0
+    assert {"h5py"} <= set(results["md"])
+    assert results["grpc"]["mb_s_1mib"] > 0
+    assert results["fan_in"]["clients"] == 8
+    assert {"whole_mb_s", "random_frame_median_ms", "chunked_mb_s"} <= set(
+        results["reads"]["remote"]
+    )
+    assert "remote/local" in result.stdout
