@@ -209,9 +209,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         per_batch = max(1, self.read_chunk_bytes // frame_bytes)
         for first in range(start, stop, per_batch):
             count = min(per_batch, stop - first)
-            for position, leaf in enumerate(leaves):
-                plan = reader.plan(group, leaf, slice(first, first + count), stop)
-                (piece,) = reader.read_chunks(group, leaf, plan, frames=stop, chunk_bytes=1 << 62)
+            pieces = reader.read(group, leaves, slice(first, first + count), frames=stop)
+            for position, piece in enumerate(pieces):
                 total = piece.nbytes
                 for at, data in _parts(piece, self.part_bytes) if total else [(0, b"")]:
                     self._count_read(len(data))

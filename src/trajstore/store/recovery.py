@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+import h5py
+
 from trajstore.store import layout
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
@@ -61,8 +63,6 @@ def recover(path: Path) -> None:
     finally:
         reader.close()
     if created is not None:
-        import h5py
-
         with h5py.File(rebuilt, "r+") as f:
             f.attrs[layout.ATTR_CREATED] = created
     os.replace(rebuilt, path)
