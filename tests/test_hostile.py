@@ -7,6 +7,7 @@ touches nothing outside its data directory and keeps its memory bounded.
 from __future__ import annotations
 
 import string
+import time
 from pathlib import Path
 
 import grpc
@@ -259,3 +260,36 @@ def test_oversized_messages_are_refused_for_that_caller_only(hostile_store):
         )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert_serving(hostile_store)
+
+
+def test_too_many_concurrent_calls_are_refused_for_the_extra_caller_only(tmp_path):
+    store = start_store(tmp_path / "data", "--max-workers", "3", "--shutdown-grace", "1")
+    try:
+        stub = pb_grpc.IngestServiceStub(grpc.insecure_channel(store.address))
+        spec = wire.schema_to_proto(
+            RunSpec(groups=(GroupSpec("group", True, (LeafSpec("", "int8", ()),)),))
+        )
+        session = stub.OpenRun(pb.OpenRunRequest(run="live", schema=spec), timeout=30).session
+        query = qpb_grpc.QueryServiceStub(grpc.insecure_channel(store.address))
+        # Following a run that stays open holds a call slot each.
+        follows = [
+            query.Follow(qpb.FollowRequest(run="live", group="group"), timeout=60) for _ in range(3)
+        ]
+        with pytest.raises(grpc.RpcError) as info:
+            query.ListRuns(qpb.ListRunsRequest(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for follow in follows:
+            follow.cancel()
+        deadline = 60
+        while deadline:  # the slots free up as the cancelled calls finish
+            try:
+                query.ListRuns(qpb.ListRunsRequest(), timeout=30)
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                deadline -= 1
+                time.sleep(0.5)
+        assert deadline
+        stub.CloseRun(pb.CloseRunRequest(session=session), timeout=30)
+    finally:
+        assert store.stop() == 0
