@@ -56,11 +56,14 @@ class RunFiles:
     @contextlib.contextmanager
     def reading(self, run: str) -> Iterator[RunFileReader]:
         """A read handle on ``run`` for the duration of the block."""
-        path = run_path(self.data_dir, run)
-        entry = self._entry(run)
+        entry = self._entries.get(run)
+        if entry is None or entry.handle is None:
+            run_path(self.data_dir, run)  # validate the name before it becomes a key
+            entry = self._entry(run)
         with entry.changed:
             entry.changed.wait_for(lambda: not entry.writing)
             if entry.handle is None:
+                path = run_path(self.data_dir, run)
                 if not path.exists():
                     raise RunNotFoundError(f"no run {run!r}")
                 entry.handle = RunFileReader(path)

@@ -68,6 +68,12 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             return list(session.ack.frames)
         return [reader.frames(i) for i in range(len(reader.spec.groups))]
 
+    def _group_frames(self, reader: RunFileReader, run: str, group: int) -> int:
+        session = self.registry.session_for(run)
+        if session is not None and not session.closed:
+            return session.ack.frames[group]
+        return reader.frames(group)
+
     def _info(self, run: str, reader: RunFileReader) -> qpb.RunInfo:
         session = self.registry.session_for(run)
         path = reader.path
@@ -150,7 +156,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             index = wire.index_from_proto(request.index, request.index_is_tuple)
             with self.files.reading(request.run) as reader:
                 group = reader.group_index(request.group)
-                frames = self._frames(reader, self.registry.session_for(request.run))[group]
+                frames = self._group_frames(reader, request.run, group)
                 leaves = self._leaves(reader, group, request.leaves)
                 plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
                 yield qpb.ReadResponse(
@@ -188,7 +194,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 session = self.registry.session_for(request.run)
                 acked = session.ack if session is not None else None
                 with self.files.reading(request.run) as reader:
-                    available = self._frames(reader, session)[group]
+                    available = self._group_frames(reader, request.run, group)
                     if available > next_frame:
                         yield from self._frames_message(
                             reader, group, leaves, next_frame, available

@@ -58,6 +58,9 @@ class RunFileReader:
             self._file.close()
             raise
         self._index = {g.name: i for i, g in enumerate(self.spec.groups)}
+        # Open handles, kept: looking a path up in HDF5 costs more than a small read.
+        self._groups: dict[int, h5py.Group] = {}
+        self._datasets: dict[tuple[int, int], h5py.Dataset] = {}
 
     def _read_spec(self) -> RunSpec:
         attrs = self._file.attrs
@@ -111,7 +114,13 @@ class RunFileReader:
 
     def frames(self, group: int) -> int:
         """Frames of ``group`` that the writer has made durable."""
-        return int(self._file[self.spec.groups[group].name].attrs[layout.ATTR_FRAMES])
+        return int(self._group(group).attrs[layout.ATTR_FRAMES])
+
+    def _group(self, group: int) -> h5py.Group:
+        handle = self._groups.get(group)
+        if handle is None:
+            handle = self._groups[group] = self._file[self.spec.groups[group].name]
+        return handle
 
     def _dataset(self, group: int, leaf: int, frames: int | None) -> tuple[h5py.Dataset, int]:
         """A leaf's dataset, refreshed to show ``frames`` frames, and that frame count."""
@@ -122,7 +131,9 @@ class RunFileReader:
             frames = self.frames(group)
         if not spec.time_axis and frames == 0:
             raise FrameIndexError(f"{spec.name} was never written (it logs at step 0 only)")
-        ds = self._file[spec.name][spec.leaves[leaf].dataset_name]
+        ds = self._datasets.get((group, leaf))
+        if ds is None:
+            ds = self._datasets[(group, leaf)] = self._group(group)[spec.leaves[leaf].dataset_name]
         if spec.time_axis and ds.shape[0] < frames:
             ds.refresh()
         return ds, frames
