@@ -77,11 +77,12 @@ def check_frames(group, n):
 
 def test_eight_readers_beside_four_writers_read_consistently(store):
     runs = [f"live/w{i}" for i in range(4)]
-    writers = [start_writer(store, run, frames=250) for run in runs]
+    writers = [start_writer(store, run, frames=250, pause=0.005) for run in runs]
     for run in runs:
         wait_for_run(store, run)
     failures: list[BaseException] = []
     reads = [0] * 8
+    live_reads = [0] * 8  # reads made while the run was still being written
 
     def reader(k):
         run = runs[k % 4]
@@ -95,6 +96,7 @@ def test_eight_readers_beside_four_writers_read_consistently(store):
                     assert n >= last, "a run shrank"
                     check_frames(group, n)
                     reads[k] += 1
+                    live_reads[k] += info.open
                     last = n
                     if not info.open and n == info.frames["group['x']"]:
                         break
@@ -110,7 +112,8 @@ def test_eight_readers_beside_four_writers_read_consistently(store):
     for t in threads:
         t.join(300)
     assert not failures, failures[0]
-    assert min(reads) >= 2
+    assert min(reads) >= 1
+    assert sum(live_reads) > 0, "no read overlapped a writer"
     for run in runs:
         with HDF5StorageReader(store.run_file(run)) as local:
             group = local.focus_group("group['x']")
