@@ -165,3 +165,16 @@ def test_reader_of_local_writer_sees_frames_after_flush(tmp_path):
         log.flush()
         with HDF5StorageReader(tmp_path / "r.h5") as reader:
             assert len(reader.focus_group("group['energy']")) == 4
+
+
+def test_small_blocks_with_gaps_are_all_written(tmp_path):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC))
+    writer.submit_frame(0, 0, frame(0))
+    writer.submit_block(0, 1, 2, [np.stack([frame(1)[0], frame(2)[0]])])
+    writer.submit_frame(0, 5, frame(5))  # a gap: frames 3 and 4 never logged
+    writer.submit_block(0, 6, 1, [frame(6)[0][np.newaxis]])
+    writer.close()
+    reader = RunFileReader(tmp_path / "r.h5")
+    (stored,) = reader.read(0, [0], ...)
+    reader.close()
+    np.testing.assert_array_equal(stored[:, 0], [0, 1, 2, 0, 0, 5, 6])

@@ -53,15 +53,16 @@ class _Flush:
 
 @dataclass
 class _Buffer:
-    """Frames of one group waiting to become a block."""
+    """Consecutive blocks of one group waiting to become one block write."""
 
     start: int = 0
-    frames: list[Sequence[np.ndarray]] = field(default_factory=list)
+    count: int = 0
+    blocks: list[Sequence[np.ndarray]] = field(default_factory=list)
     nbytes: int = 0
 
     @property
     def stop(self) -> int:
-        return self.start + len(self.frames)
+        return self.start + self.count
 
 
 class BackgroundWriter:
@@ -270,7 +271,7 @@ class BackgroundWriter:
             self._cond.notify_all()
 
     def _has_buffered(self) -> bool:
-        return any(buffer.frames for buffer in self._buffers)
+        return any(buffer.blocks for buffer in self._buffers)
 
     def _flush_due_in(self) -> float | None:
         if self.flush_interval is None or self._unflushed_since is None or self._error:
@@ -286,28 +287,35 @@ class BackgroundWriter:
             self._unflushed_since = time.monotonic()
         if item.tag is not None:
             self._last_tag = item.tag
+        batch = self._batch[item.group]
         buffer = self._buffers[item.group]
-        if item.count != 1 or not self.file.spec.groups[item.group].time_axis:
+        if item.count >= batch or not self.file.spec.groups[item.group].time_axis:
             self._write_buffer(item.group)
             self._write(item.group, item.start, item.count, item.leaves, item.nbytes)
             return
-        if buffer.frames and item.start != buffer.stop:
+        # Small blocks (single frames, or a client's short blocks) are merged
+        # so that chunks are written whole, once, rather than at every block.
+        if buffer.blocks and item.start != buffer.stop:
             self._write_buffer(item.group)
-        if not buffer.frames:
+            buffer = self._buffers[item.group]
+        if not buffer.blocks:
             buffer.start = item.start
-        buffer.frames.append([leaf[0] for leaf in item.leaves])
+        buffer.blocks.append(item.leaves)
+        buffer.count += item.count
         buffer.nbytes += item.nbytes
-        if buffer.stop % self._batch[item.group] == 0:
+        if buffer.count >= batch or buffer.start // batch != buffer.stop // batch:
             self._write_buffer(item.group)
 
     def _write_buffer(self, group: int) -> None:
         buffer = self._buffers[group]
-        if not buffer.frames:
+        if not buffer.blocks:
             return
-        leaves = [np.stack(column) for column in zip(*buffer.frames, strict=True)]
-        start, count, nbytes = buffer.start, len(buffer.frames), buffer.nbytes
-        buffer.frames = []
-        buffer.nbytes = 0
+        if len(buffer.blocks) == 1:
+            leaves = list(buffer.blocks[0])
+        else:
+            leaves = [np.concatenate(column) for column in zip(*buffer.blocks, strict=True)]
+        start, count, nbytes = buffer.start, buffer.count, buffer.nbytes
+        self._buffers[group] = _Buffer()
         self._write(group, start, count, leaves, nbytes)
 
     def _write(

@@ -3,11 +3,17 @@
 After a ``kill -9`` of a process writing a file in SWMR mode, HDF5 leaves the
 file's status flags set: it still opens with ``h5py.File(path, "r",
 swmr=True)``, but opening it to write fails with "file is already open for
-write" until the flags are cleared. Instead of patching the superblock, the
-run is rebuilt: every durable frame (as its group's ``frames`` attribute
-counts them) is copied into a fresh file with the same layout, which then
-replaces the old one atomically. Frames written but never made durable are
-dropped; nothing acknowledged is lost.
+write" until the flags are cleared (what ``h5clear -s`` does).
+
+:func:`clear_status_flags` clears them in place: it checks that the file
+starts with a version 2 or 3 superblock whose checksum (Jenkins' lookup3, as
+HDF5 computes it) verifies, zeroes the flags byte, and writes the checksum
+anew. A SWMR writer keeps its file consistent as of its last flush, and the
+``frames`` attributes count only flushed frames, so the run resumes exactly
+from what was durable. When the superblock is not one it can verify,
+:func:`rebuild` copies every durable frame into a fresh file with the same
+layout, which replaces the old one atomically. Either way frames written but
+never made durable are dropped; nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from trajstore.store import layout
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
 
-__all__ = ["is_left_open", "recover"]
+__all__ = ["clear_status_flags", "is_left_open", "lookup3", "rebuild", "recover"]
 
 log = logging.getLogger("trajstore.store")
 
@@ -36,7 +42,82 @@ def is_left_open(error: OSError) -> bool:
     return "already open for write" in text or "consistency flags" in text
 
 
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_MASK = 0xFFFFFFFF
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _MASK
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``: HDF5's metadata checksum."""
+    length = len(data)
+    a = b = c = (0xDEADBEEF + length + initval) & _MASK
+    i = 0
+    while length > 12:
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & _MASK
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & _MASK
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & _MASK
+        a = (a - c) & _MASK ^ _rot(c, 4)
+        c = (c + b) & _MASK
+        b = (b - a) & _MASK ^ _rot(a, 6)
+        a = (a + c) & _MASK
+        c = (c - b) & _MASK ^ _rot(b, 8)
+        b = (b + a) & _MASK
+        a = (a - c) & _MASK ^ _rot(c, 16)
+        c = (c + b) & _MASK
+        b = (b - a) & _MASK ^ _rot(a, 19)
+        a = (a + c) & _MASK
+        c = (c - b) & _MASK ^ _rot(b, 4)
+        b = (b + a) & _MASK
+        length -= 12
+        i += 12
+    if length == 0:
+        return c
+    tail = data[i:] + bytes(12 - length)
+    a = (a + int.from_bytes(tail[0:4], "little")) & _MASK
+    b = (b + int.from_bytes(tail[4:8], "little")) & _MASK
+    c = (c + int.from_bytes(tail[8:12], "little")) & _MASK
+    c = (c ^ b) - _rot(b, 14) & _MASK
+    a = (a ^ c) - _rot(c, 11) & _MASK
+    b = (b ^ a) - _rot(a, 25) & _MASK
+    c = (c ^ b) - _rot(b, 16) & _MASK
+    a = (a ^ c) - _rot(c, 4) & _MASK
+    b = (b ^ a) - _rot(a, 14) & _MASK
+    c = (c ^ b) - _rot(b, 24) & _MASK
+    return c
+
+
+def clear_status_flags(path: Path) -> bool:
+    """Clear the superblock's status flags in place; ``False`` if it cannot be verified."""
+    with open(path, "r+b") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:8] != _SIGNATURE or head[8] not in (2, 3):
+            return False
+        size = 12 + 4 * head[9]  # flags byte, then four addresses, then the checksum
+        f.seek(0)
+        block = f.read(size + 4)
+        if len(block) != size + 4:
+            return False
+        if lookup3(block[:size]) != int.from_bytes(block[size:], "little"):
+            return False
+        patched = block[:11] + b"\x00" + block[12:size]
+        f.seek(0)
+        f.write(patched + lookup3(patched).to_bytes(4, "little"))
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("cleared the status flags a killed writer left", extra={"path": str(path)})
+    return True
+
+
 def recover(path: Path) -> None:
+    """Make ``path`` writable again: clear its status flags, or else rebuild it."""
+    if not clear_status_flags(path):
+        rebuild(path)
+
+
+def rebuild(path: Path) -> None:
     """Rebuild ``path`` from its durable frames (see the module docstring)."""
     rebuilt = path.with_name(path.name + ".recovering")
     reader = RunFileReader(path)
