@@ -270,11 +270,17 @@ def test_too_many_concurrent_calls_are_refused_for_the_extra_caller_only(tmp_pat
             RunSpec(groups=(GroupSpec("group", True, (LeafSpec("", "int8", ()),)),))
         )
         session = stub.OpenRun(pb.OpenRunRequest(run="live", schema=spec), timeout=30).session
+        frame = pb.WriteRequest(block=1, start=0, count=1, total_bytes=1, data=b"\x07", flush=True)
+        acks = stub.Write(iter([pb.WriteRequest(session=session), frame]), timeout=30)
+        assert [a.durable_block for a in acks] == [1]
         query = qpb_grpc.QueryServiceStub(grpc.insecure_channel(store.address))
-        # Following a run that stays open holds a call slot each.
+        # Following a run that stays open holds a call slot each; receiving the
+        # first frame on each shows that the store is running all three.
         follows = [
             query.Follow(qpb.FollowRequest(run="live", group="group"), timeout=60) for _ in range(3)
         ]
+        for follow in follows:
+            assert next(follow).data == b"\x07"
         with pytest.raises(grpc.RpcError) as info:
             query.ListRuns(qpb.ListRunsRequest(), timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
