@@ -104,7 +104,7 @@ def test_store_sigkill_midstream_then_restart_loses_nothing(tmp_path):
 
 
 def test_killed_writer_releases_the_run_after_its_lease(tmp_path):
-    store = start_store(tmp_path / "data", "--lease-seconds", "2")
+    store = start_store(tmp_path / "data", "--lease-seconds", "5")
     try:
         writer = start_writer(store.address, "lease/run", frames=100_000, pause=0.002)
         wait_until(lambda: durable_frames(store.address, "lease/run") >= 50)
