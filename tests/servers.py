@@ -82,3 +82,27 @@ def start_store(
     # Keep draining its output so that it never blocks on a full pipe.
     threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True).start()
     return StoreProcess(process, address, data_dir, log)
+
+
+LIVE_WRITER = Path(__file__).parent / "clients" / "live_writer.py"
+
+
+def start_live_writer(address: str, run: str, frames: int = 200, pause: float = 0.002):
+    """A writer process streaming ``frames`` frames (frame i holds i) at a steady pace."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(LIVE_WRITER),
+            "--address",
+            address,
+            "--run",
+            run,
+            "--frames",
+            str(frames),
+            "--pause",
+            str(pause),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -28,29 +25,7 @@ from trajstore import (
 from trajstore import errors as E
 
 from helpers import md_config, md_state
-from servers import free_port, start_store
-
-LIVE_WRITER = Path(__file__).parent / "clients" / "live_writer.py"
-
-
-def start_writer(address, run, frames, pause):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(LIVE_WRITER),
-            "--address",
-            address,
-            "--run",
-            run,
-            "--frames",
-            str(frames),
-            "--pause",
-            str(pause),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from servers import free_port, start_live_writer, start_store
 
 
 def durable_frames(address, run, timeout=120):
@@ -82,7 +57,7 @@ def assert_every_frame_once(path, frames):
 def test_store_sigkill_midstream_then_restart_loses_nothing(tmp_path):
     port = free_port()
     store = start_store(tmp_path / "data", port=port)
-    writer = start_writer(store.address, "crash/run", frames=600, pause=0.004)
+    writer = start_live_writer(store.address, "crash/run", frames=600, pause=0.004)
     wait_until(lambda: durable_frames(store.address, "crash/run") >= 150)
     store.stop(signal.SIGKILL)
     # Acknowledged frames are intact and readable while the store is down.
@@ -106,7 +81,7 @@ def test_store_sigkill_midstream_then_restart_loses_nothing(tmp_path):
 def test_killed_writer_releases_the_run_after_its_lease(tmp_path):
     store = start_store(tmp_path / "data", "--lease-seconds", "5")
     try:
-        writer = start_writer(store.address, "lease/run", frames=100_000, pause=0.002)
+        writer = start_live_writer(store.address, "lease/run", frames=100_000, pause=0.002)
         wait_until(lambda: durable_frames(store.address, "lease/run") >= 50)
         writer.kill()
         writer.wait(60)

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
 from trajstore import HDF5StorageReader, RemoteStorageReader, connect
 
-LIVE_WRITER = Path(__file__).parent / "clients" / "live_writer.py"
-
-
-def start_writer(store, run, frames=200, pause=0.002):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(LIVE_WRITER),
-            "--address",
-            store.address,
-            "--run",
-            run,
-            "--frames",
-            str(frames),
-            "--pause",
-            str(pause),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from servers import start_live_writer
 
 
 def wait_for_run(store, run, timeout=120):
@@ -46,7 +23,7 @@ def wait_for_run(store, run, timeout=120):
 
 
 def test_follow_sees_every_frame_once_in_order_and_ends_at_close(store):
-    writer = start_writer(store, "live/f", frames=300)
+    writer = start_live_writer(store.address, "live/f", frames=300)
     wait_for_run(store, "live/f")
     seen = []
     with RemoteStorageReader(store.address, "live/f") as reader:
@@ -77,7 +54,7 @@ def check_frames(group, n):
 
 def test_eight_readers_beside_four_writers_read_consistently(store):
     runs = [f"live/w{i}" for i in range(4)]
-    writers = [start_writer(store, run, frames=250, pause=0.005) for run in runs]
+    writers = [start_live_writer(store.address, run, frames=250, pause=0.005) for run in runs]
     for run in runs:
         wait_for_run(store, run)
     failures: list[BaseException] = []

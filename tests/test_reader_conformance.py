@@ -7,7 +7,6 @@ then read both ways: results and exceptions must be the same.
 from __future__ import annotations
 
 import itertools
-import string
 
 import numpy as np
 import pytest
@@ -24,8 +23,8 @@ from trajstore import (
     view,
 )
 from trajstore import errors as E
-from trajstore.schema import SUPPORTED_DTYPES, numpy_dtype
 
+from pytrees import materialise, tree_shapes
 from test_indexing import indexes
 from tests_support import Particles
 
@@ -146,27 +145,7 @@ def test_errors(shared_store, md_run, kind):
             traj.read(select=lambda p: 7)
 
 
-DTYPES = [numpy_dtype(d) for d in SUPPORTED_DTYPES]
-leaf_kinds = st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 3), max_size=2).map(tuple))
-keys = st.text(string.ascii_lowercase, min_size=1, max_size=3)
-trees = st.recursive(
-    leaf_kinds,
-    lambda children: st.one_of(
-        st.dictionaries(keys, children, min_size=1, max_size=3),
-        st.lists(children, min_size=1, max_size=2).map(tuple),
-    ),
-    max_leaves=3,
-)
-
-
-def materialise(tree, rng):
-    if isinstance(tree, dict):
-        return {k: materialise(v, rng) for k, v in tree.items()}
-    if isinstance(tree, tuple) and not isinstance(tree[0], np.dtype):
-        return tuple(materialise(v, rng) for v in tree)
-    dtype, shape = tree
-    raw = rng.integers(0, 2 if dtype == np.bool_ else 256, (*shape, dtype.itemsize), np.uint8)
-    return np.ascontiguousarray(raw).view(dtype).reshape(shape)
+trees = tree_shapes(max_leaves=3)
 
 
 def outcome(reader_group, index):

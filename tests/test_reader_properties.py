@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from trajstore import EveryNStep, HDF5StorageReader, HDF5StorageWriter, WriterGroupConfig, view
-from trajstore.schema import SUPPORTED_DTYPES, numpy_dtype
 
+from pytrees import materialise, tree_shapes
 from test_indexing import indexes
 
-DTYPES = [numpy_dtype(d) for d in SUPPORTED_DTYPES]
-
-leaf_kinds = st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 3), max_size=2).map(tuple))
-keys = st.text(string.ascii_lowercase, min_size=1, max_size=3)
-trees = st.recursive(
-    leaf_kinds,
-    lambda children: st.one_of(
-        st.dictionaries(keys, children, min_size=1, max_size=3),
-        st.lists(children, min_size=1, max_size=3),
-        st.lists(children, min_size=1, max_size=2).map(tuple),
-    ),
-    max_leaves=4,
-)
-
-
-def materialise(tree, rng, step):
-    if isinstance(tree, dict):
-        return {k: materialise(v, rng, step) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [materialise(v, rng, step) for v in tree]
-    if isinstance(tree, tuple) and not isinstance(tree[0], np.dtype):
-        return tuple(materialise(v, rng, step) for v in tree)
-    dtype, shape = tree
-    raw = rng.integers(0, 2 if dtype == np.bool_ else 256, (*shape, dtype.itemsize), np.uint8)
-    return np.ascontiguousarray(raw).view(dtype).reshape(shape)
+trees = tree_shapes(max_leaves=4)
 
 
 def leaves(tree):
@@ -50,7 +24,7 @@ def leaves(tree):
 @given(tree=trees, frames=st.integers(0, 9), index=indexes, seed=st.integers(0, 2**16))
 def test_reads_match_numpy_on_the_same_data(tmp_path_factory, tree, frames, index, seed):
     rng = np.random.default_rng(seed)
-    states = [materialise(tree, rng, step) for step in range(max(frames, 1))]
+    states = [materialise(tree, rng) for _ in range(max(frames, 1))]
     path = tmp_path_factory.mktemp("prop") / "r.h5"
     config = {"g": WriterGroupConfig(view(lambda s: s), EveryNStep(1))}
     with HDF5StorageWriter(path, config, states[0], frames, compile_views=False) as log:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
+import numpy as np
 
 from trajstore import errors
 from trajstore.compression import Compression
@@ -27,6 +28,7 @@ __all__ = [
     "mode_from_proto",
     "schema_from_proto",
     "schema_to_proto",
+    "split_parts",
     "status_code",
 ]
 
@@ -262,3 +264,31 @@ def error_from_rpc(error: grpc.RpcError) -> errors.TrajstoreError:
     if cls is None or cls.status != getattr(code, "name", None):
         cls = _DEFAULT_CLASS.get(code, errors.TrajstoreError)
     return cls(details)
+
+
+def split_parts(buffers: Sequence[np.ndarray], part_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Split the concatenation of ``buffers`` into ``(offset, bytes)`` parts.
+
+    Parts hold at most ``part_bytes``; an empty payload is one empty part.
+    """
+    views = [memoryview(b.reshape(-1).view(np.uint8).data) for b in buffers if b.nbytes]
+    total = sum(len(v) for v in views)
+    if total == 0:
+        yield 0, b""
+        return
+    offset = 0
+    pieces: list[memoryview] = []
+    size = 0
+    for view in views:
+        position = 0
+        while position < len(view):
+            take = min(part_bytes - size, len(view) - position)
+            pieces.append(view[position : position + take])
+            size += take
+            position += take
+            if size == part_bytes:
+                yield offset, b"".join(pieces)
+                offset += size
+                pieces, size = [], 0
+    if size:
+        yield offset, b"".join(pieces)

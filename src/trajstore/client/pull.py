@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tqdm import tqdm
 
-from trajstore.store.writer import RunFileWriter
+from trajstore.store.writer import RunFileWriter, copy_frames
 
 if TYPE_CHECKING:
     from trajstore.client.reader import RemoteStorageReader
@@ -33,23 +32,14 @@ def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_b
         with tqdm(
             total=total, unit="B", unit_scale=True, desc=reader.run, disable=not progress
         ) as bar:
-            for position, group in enumerate(spec.groups):
-                source = reader.focus_group(group.name)._remote
-                frames = info.frames[group.name]
-                leaves = list(range(len(group.leaves)))
-                if not group.time_axis:
-                    if frames:
-                        values = source.read(leaves, ...)
-                        file.write_block(position, 0, 1, [np.asarray(v)[None] for v in values])
-                        bar.update(group.frame_nbytes)
-                    continue
-                per_request = max(1, chunk_bytes // max(group.frame_nbytes, 1))
-                for start in range(0, frames, per_request):
-                    stop = min(start + per_request, frames)
-                    file.write_block(
-                        position, start, stop - start, source.read(leaves, slice(start, stop))
-                    )
-                    bar.update((stop - start) * group.frame_nbytes)
+            sources = [reader.focus_group(g.name)._remote for g in spec.groups]
+            copy_frames(
+                file,
+                [info.frames[g.name] for g in spec.groups],
+                lambda group, leaves, index: sources[group].read(leaves, index),
+                block_bytes=chunk_bytes,
+                on_block=bar.update,
+            )
         file.set_actual_steps(info.actual_steps)
         file.close()
     except BaseException:

@@ -315,7 +315,7 @@ class BlockSender:
             buffers = [np.ascontiguousarray(leaf) for leaf in pending.frames[0]]
         else:
             buffers = [np.stack(column) for column in zip(*pending.frames, strict=True)]
-        parts = list(_parts(buffers, self._session.part_bytes))
+        parts = list(wire.split_parts(buffers, self._session.part_bytes))
         with self._cond:
             block = _Block(
                 number=self._next_block,
@@ -493,28 +493,3 @@ class BlockSender:
             self._markers = []
             self._ending = True
             self._cond.notify_all()
-
-
-def _parts(buffers: Sequence[np.ndarray], part_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Split the concatenation of ``buffers`` into ``(offset, bytes)`` parts."""
-    views = [memoryview(b.reshape(-1).view(np.uint8).data) for b in buffers if b.nbytes]
-    total = sum(len(v) for v in views)
-    if total == 0:
-        yield 0, b""
-        return
-    offset = 0
-    pieces: list[memoryview] = []
-    size = 0
-    for view in views:
-        position = 0
-        while position < len(view):
-            take = min(part_bytes - size, len(view) - position)
-            pieces.append(view[position : position + take])
-            size += take
-            position += take
-            if size == part_bytes:
-                yield offset, b"".join(pieces)
-                offset += size
-                pieces, size = [], 0
-    if size:
-        yield offset, b"".join(pieces)

@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from trajstore import errors, wire
 from trajstore.server.ingest import abort_with, typed_errors
@@ -21,12 +20,6 @@ from trajstore.v1 import query_pb2_grpc as qpb_grpc
 __all__ = ["QueryServicer"]
 
 log = logging.getLogger("trajstore.server")
-
-
-def _parts(array: np.ndarray, part_bytes: int) -> Iterator[tuple[int, bytes]]:
-    raw = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-    for offset in range(0, len(raw), part_bytes):
-        yield offset, bytes(raw[offset : offset + part_bytes])
 
 
 class QueryServicer(qpb_grpc.QueryServiceServicer):
@@ -167,7 +160,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                     for piece in reader.read_chunks(
                         group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
                     ):
-                        for at, data in _parts(piece, self.part_bytes):
+                        for at, data in wire.split_parts([piece], self.part_bytes):
                             self._count_read(len(data))
                             yield qpb.ReadResponse(leaf=position, offset=offset + at, data=data)
                         offset += piece.nbytes
@@ -218,7 +211,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             pieces = reader.read(group, leaves, slice(first, first + count), frames=stop)
             for position, piece in enumerate(pieces):
                 total = piece.nbytes
-                for at, data in _parts(piece, self.part_bytes) if total else [(0, b"")]:
+                for at, data in wire.split_parts([piece], self.part_bytes):
                     self._count_read(len(data))
                     yield qpb.FollowResponse(
                         start=first,

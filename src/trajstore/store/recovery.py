@@ -26,7 +26,7 @@ import h5py
 
 from trajstore.store import layout
 from trajstore.store.reader import RunFileReader
-from trajstore.store.writer import RunFileWriter
+from trajstore.store.writer import RunFileWriter, copy_frames
 
 __all__ = ["clear_status_flags", "is_left_open", "lookup3", "rebuild", "recover"]
 
@@ -124,19 +124,15 @@ def rebuild(path: Path) -> None:
     try:
         writer = RunFileWriter(rebuilt, reader.spec, mode="overwrite")
         try:
-            for position, group in enumerate(reader.spec.groups):
-                frames = reader.frames(position)
-                leaves = list(range(len(group.leaves)))
-                if not group.time_axis:
-                    if frames:
-                        values = reader.read(position, leaves, ..., frames=frames)
-                        writer.write_block(position, 0, 1, [v[None] for v in values])
-                    continue
-                per_block = max(1, COPY_BLOCK_BYTES // max(group.frame_nbytes, 1))
-                for start in range(0, frames, per_block):
-                    stop = min(start + per_block, frames)
-                    values = reader.read(position, leaves, slice(start, stop), frames=frames)
-                    writer.write_block(position, start, stop - start, values)
+            frames = [reader.frames(g) for g in range(len(reader.spec.groups))]
+            copy_frames(
+                writer,
+                frames,
+                lambda group, leaves, index: reader.read(
+                    group, leaves, index, frames=frames[group]
+                ),
+                block_bytes=COPY_BLOCK_BYTES,
+            )
             writer.set_actual_steps(reader.actual_steps)
             created = reader.created
         finally:
