@@ -8,9 +8,15 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trajstore import HDF5StorageReader, connect
 
 
 @dataclass
@@ -21,6 +27,7 @@ class StoreProcess:
     address: str
     data_dir: Path
     log: list[str]
+    drain: threading.Thread | None = None
 
     def run_file(self, run: str) -> Path:
         return self.data_dir / f"{run}.h5"
@@ -28,7 +35,12 @@ class StoreProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        if self.drain is not None:
+            self.drain.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
 
 
 def free_port() -> int:
@@ -80,15 +92,19 @@ def start_store(
         process.wait(30)
         raise RuntimeError("store did not start:\n" + "".join(log))
     # Keep draining its output so that it never blocks on a full pipe.
-    threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True).start()
-    return StoreProcess(process, address, data_dir, log)
+    drain = threading.Thread(target=lambda: log.extend(process.stdout or ()), daemon=True)
+    drain.start()
+    return StoreProcess(process, address, data_dir, log, drain)
 
 
 LIVE_WRITER = Path(__file__).parent / "clients" / "live_writer.py"
 
 
-def start_live_writer(address: str, run: str, frames: int = 200, pause: float = 0.002):
-    """A writer process streaming ``frames`` frames (frame i holds i) at a steady pace."""
+def start_live_writer(address: str, run: str, frames: int = 200, pause: float = 0.002, *extra: str):
+    """A writer process streaming ``frames`` frames (frame i holds i) at a steady pace.
+
+    ``extra``: more options of ``clients/live_writer.py`` (``--journal PATH``, ...).
+    """
     return subprocess.Popen(
         [
             sys.executable,
@@ -101,8 +117,52 @@ def start_live_writer(address: str, run: str, frames: int = 200, pause: float = 
             str(frames),
             "--pause",
             str(pause),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def durable_frames(address: str, run: str, timeout: float = 120) -> int:
+    """Frames of the live writer's group the store has made durable."""
+    with connect(address, timeout=timeout) as client:
+        for info in client.list_runs():
+            if info.name == run:
+                return info.frames["group['x']"]
+    return 0
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 120, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_every_frame_once(path: Path, frames: int) -> None:
+    """The live writer's run at ``path`` holds frames 0..frames-1, each once, in order."""
+    with HDF5StorageReader(path) as reader:
+        group = reader.focus_group("group['x']")
+        assert len(group) == frames
+        values = group[:]
+    np.testing.assert_array_equal(values["b"], np.arange(frames))
+    np.testing.assert_array_equal(values["a"][:, 7, 2], np.arange(frames, dtype=np.float32))
+
+
+def live_config() -> dict[str, Any]:
+    """The live writer's config: group ``x`` with leaves ``a`` and ``b``, every step."""
+    from trajstore import EveryNStep, WriterGroupConfig, view
+
+    return {"x": WriterGroupConfig(view(lambda s: {"a": s["a"], "b": s["b"]}), EveryNStep(1))}
+
+
+def live_state(step: int) -> dict[str, Any]:
+    """The live writer's state at ``step``: every value is ``step``."""
+    return {"a": np.full((64, 3), step, np.float32), "b": np.int64(step)}

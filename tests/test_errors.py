@@ -24,9 +24,12 @@ def test_every_error_derives_from_trajstore_error_and_a_builtin():
     assert issubclass(E.RunExistsError, FileExistsError)
     assert issubclass(E.NotOpenError, RuntimeError)
     assert issubclass(E.StorageError, OSError)
+    assert issubclass(E.JournalError, OSError)
     for name in E.__all__:
         obj = getattr(E, name)
-        if isinstance(obj, type):
+        if isinstance(obj, type) and issubclass(obj, Warning):
+            assert name.endswith("Warning")
+        elif isinstance(obj, type):
             assert issubclass(obj, TrajstoreError)
             assert E.error_class_for(name) is obj
             assert obj.status.isupper()

@@ -25,33 +25,14 @@ from trajstore import (
 from trajstore import errors as E
 
 from helpers import md_config, md_state
-from servers import free_port, start_live_writer, start_store
-
-
-def durable_frames(address, run, timeout=120):
-    with connect(address, timeout=timeout) as client:
-        for info in client.list_runs():
-            if info.name == run:
-                return info.frames["group['x']"]
-    return 0
-
-
-def wait_until(predicate, timeout=120, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
-
-
-def assert_every_frame_once(path, frames):
-    with HDF5StorageReader(path) as reader:
-        group = reader.focus_group("group['x']")
-        assert len(group) == frames
-        values = group[:]
-    np.testing.assert_array_equal(values["b"], np.arange(frames))
-    np.testing.assert_array_equal(values["a"][:, 7, 2], np.arange(frames, dtype=np.float32))
+from servers import (
+    assert_every_frame_once,
+    durable_frames,
+    free_port,
+    start_live_writer,
+    start_store,
+    wait_until,
+)
 
 
 def test_store_sigkill_midstream_then_restart_loses_nothing(tmp_path):

@@ -205,7 +205,9 @@ class FakeRpcError(grpc.RpcError):
         return self._trailing
 
 
-@pytest.mark.parametrize("name", [n for n in E.__all__ if isinstance(getattr(E, n), type)])
+@pytest.mark.parametrize(
+    "name", [n for n in E.__all__ if isinstance(getattr(E, n), type) and not n.endswith("Warning")]
+)
 def test_every_error_class_survives_the_status_mapping(name):
     cls = getattr(E, name)
     error = cls("message")

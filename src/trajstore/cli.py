@@ -465,6 +465,45 @@ def pull(run: str, output: Path, address: str, token: str | None, tls_ca: Path |
 
 
 @main.command()
+@click.argument("journal", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--address",
+    envvar="TRAJSTORE_ADDRESS",
+    default=None,
+    show_envvar=True,
+    help="host:port of the store [default: the one the writer used].",
+)
+@token_option
+@tls_option
+@click.option(
+    "--wait",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to retry while the store is away or the run is still held.",
+)
+@click.option("--keep", is_flag=True, help="Keep the journal after uploading it.")
+def push(
+    journal: Path,
+    address: str | None,
+    token: str | None,
+    tls_ca: Path | None,
+    wait: float,
+    keep: bool,
+) -> None:
+    """Upload a spill journal a writer left while the store was away, then delete it."""
+    from trajstore.client.push import push_journal
+
+    result = push_journal(journal, address, token=token, tls_ca=tls_ca, wait=wait, keep=keep)
+    click.echo(
+        f"pushed {result.frames_sent} frames in {result.blocks_sent} blocks to "
+        f"{result.run!r} on {result.address} ({result.blocks_skipped} blocks already there)"
+    )
+    if result.damaged_bytes:
+        click.echo(f"warning: {result.damaged_bytes} torn bytes at the end were left out", err=True)
+
+
+@main.command()
 @click.argument("run")
 @click.argument("group")
 @click.option("--field", default=None, help="Leaf path to plot, e.g. total or ['total'].")

@@ -32,6 +32,8 @@ __all__ = [
     "StorageError",
     "WriterFailedError",
     "UnavailableError",
+    "JournalError",
+    "JournalLeftWarning",
     "error_class_for",
 ]
 
@@ -145,6 +147,16 @@ class UnavailableError(TrajstoreError, ConnectionError):
     """The store cannot be reached."""
 
     status = "UNAVAILABLE"
+
+
+class JournalError(TrajstoreError, OSError):
+    """A spill journal cannot be created, written or read, or is not a journal."""
+
+    status = "DATA_LOSS"
+
+
+class JournalLeftWarning(UserWarning):
+    """A writer closed while the store was away: its journal awaits ``trajstore push``."""
 
 
 def _all_subclasses(cls: type[TrajstoreError]) -> list[type[TrajstoreError]]:

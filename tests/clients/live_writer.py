@@ -1,7 +1,8 @@
 """Streams a run whose frame i holds the value i everywhere, at a steady pace.
 
-``live_writer.py --address A --run R --frames N [--pause S]``. Readers can
-check any frame they see: frame i must be all i, never zeros or a mix.
+``live_writer.py --address A --run R --frames N [--pause S] [--journal PATH
+--reconnect-timeout S]``. Readers can check any frame they see: frame i must
+be all i, never zeros or a mix.
 """
 
 from __future__ import annotations
@@ -23,13 +24,23 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--pause", type=float, default=0.002)
+    parser.add_argument("--journal", default=None)
+    parser.add_argument("--reconnect-timeout", type=float, default=300.0)
     args = parser.parse_args()
     config = {
         "x": WriterGroupConfig(view(lambda s: {"a": s["a"], "b": s["b"]}), EveryNStep(1)),
     }
     first = {"a": np.zeros((64, 3), np.float32), "b": np.int64(0)}
     with RemoteStorageWriter(
-        args.address, args.run, config, first, args.frames, compile_views=False, send_interval=0.01
+        args.address,
+        args.run,
+        config,
+        first,
+        args.frames,
+        compile_views=False,
+        send_interval=0.01,
+        journal=args.journal,
+        reconnect_timeout=args.reconnect_timeout,
     ) as log:
         for step in range(args.frames):
             log.log({"a": np.full((64, 3), step, np.float32), "b": np.int64(step)}, step)

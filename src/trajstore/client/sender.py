@@ -15,6 +15,18 @@ store still holds it — and resends every unacknowledged block, in order,
 with backoff between attempts. Block writes are idempotent by time index,
 so a block that was durable but not yet acknowledged is simply written again:
 the run ends with every frame exactly once.
+
+Given a journal (``open_journal``), a store unreachable past
+``reconnect_timeout`` does not fail the sender: the blocks it holds go to
+the journal (:mod:`trajstore.client.journal`), and so does every block
+sealed afterwards, so ``put_frame`` no longer waits for the store. The
+sender keeps reconnecting; once the store answers, a feeder thread reads
+the journal in order into the send queue (bounded by ``max_pending_bytes``
+like the frames), new blocks go to memory again once it has caught up, and
+the journal is deleted when the store has acknowledged its last block. While
+the store is away, :meth:`BlockSender.flush` returns once everything put so
+far is durable in the journal. A journal the store has not taken all of
+when the sender closes stays on disk (:attr:`BlockSender.journal_left`).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -33,17 +46,20 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
+    stop_when_event_set,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from trajstore import wire
-from trajstore.errors import NotOpenError, TrajstoreError, UnavailableError
+from trajstore.client.journal import JournalBlock, JournalReader, JournalWriter
+from trajstore.errors import JournalError, NotOpenError, TrajstoreError, UnavailableError
 from trajstore.schema import RunSpec
 from trajstore.store import layout
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
-__all__ = ["BlockSender", "Session"]
+__all__ = ["BlockSender", "Session", "close_session", "open_session"]
 
 log = logging.getLogger("trajstore.client")
 
@@ -61,12 +77,62 @@ class Session:
     frames: tuple[int, ...] = ()  # frames durable per group when it was opened
 
 
+def open_session(
+    stub: pb_grpc.IngestServiceStub,
+    request: pb.OpenRunRequest,
+    *,
+    metadata: tuple[tuple[str, str], ...],
+    timeout: float,
+) -> Session:
+    """Call OpenRun; the error the store raised comes back as the same class."""
+    try:
+        opened = stub.OpenRun(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as e:
+        raise wire.error_from_rpc(e) from None
+    return Session(
+        opened.session,
+        int(opened.max_message_bytes),
+        opened.lease_seconds,
+        tuple(int(n) for n in opened.frames),
+    )
+
+
+def close_session(
+    stub: pb_grpc.IngestServiceStub,
+    session: str,
+    actual_steps: int | None,
+    *,
+    metadata: tuple[tuple[str, str], ...],
+    timeout: float,
+) -> None:
+    """Call CloseRun, recording ``actual_steps`` (``None``: keep the run's); errors typed."""
+    try:
+        stub.CloseRun(
+            pb.CloseRunRequest(session=session, actual_steps=actual_steps),
+            timeout=timeout,
+            metadata=metadata,
+        )
+    except grpc.RpcError as e:
+        raise wire.error_from_rpc(e) from None
+
+
 @dataclass
 class _Frame:
     group: int
     index: int
     leaves: Sequence[np.ndarray]
     nbytes: int
+
+
+@dataclass
+class _RawBlock:
+    """A block encoded elsewhere (a journal being pushed), queued like frames."""
+
+    group: int
+    start: int
+    count: int
+    actual_steps: int
+    payload: bytes
 
 
 @dataclass
@@ -95,6 +161,7 @@ class _Block:
     parts: list[tuple[int, bytes]]
     nbytes: int  # logged bytes it accounts for
     actual_steps: int
+    journal_offset: int | None = None  # where it lies in the journal, when read from there
 
 
 class _StreamBrokeError(Exception):
@@ -118,7 +185,9 @@ class BlockSender:
         max_pending_bytes: Bound on bytes logged but not yet acknowledged.
         send_interval: A partly filled block is sent after this many seconds.
         reconnect_timeout: Give up (and fail) after the store has been
-            unreachable this long.
+            unreachable this long -- or, given ``open_journal``, spill to the
+            journal it creates and keep reconnecting.
+        open_journal: Creates the spill journal (see the module docstring).
     """
 
     def __init__(
@@ -132,6 +201,7 @@ class BlockSender:
         max_pending_bytes: int = 64 << 20,
         send_interval: float = 0.1,
         reconnect_timeout: float = 300.0,
+        open_journal: Callable[[], JournalWriter] | None = None,
     ) -> None:
         self.spec = spec
         self.max_pending_bytes = max_pending_bytes
@@ -149,7 +219,7 @@ class BlockSender:
             for g in spec.groups
         ]
         self._cond = threading.Condition()
-        self._inbox: deque[_Frame | _FlushMarker | object] = deque()
+        self._inbox: deque[_Frame | _RawBlock | _FlushMarker | object] = deque()
         self._pending = [_Pending() for _ in spec.groups]
         self._pending_bytes = 0
         self._blocks: deque[_Block] = deque()  # sealed, not yet acknowledged
@@ -160,7 +230,25 @@ class BlockSender:
         self._error: TrajstoreError | None = None
         self._ending = False
         self._closed = False
+        self._stopping = threading.Event()  # closed: stop reconnecting
+        self._wake = threading.Event()  # cut a reconnect backoff short
+        self._reopen_attempts = 0
         self._stream: grpc.Future | None = None
+        self._connected = True
+        # The spill journal (module docstring). While spilling, sealed blocks
+        # go to the journal; the feeder moves them from ``_feed_offset`` into
+        # ``_blocks`` while the store is connected. ``_journal_synced``: the
+        # last block number that is durable in the store or the journal.
+        self._open_journal = open_journal
+        self._journal: JournalWriter | None = None
+        self._spilling = False
+        self._feed_offset = 0
+        self._feed_generation = 0
+        self._feeder: threading.Thread | None = None
+        self._replay_bytes = 0
+        self._journal_synced = 0
+        #: The journal left on disk by :meth:`close` (the store did not take all of it).
+        self.journal_left: Path | None = None
         self._encoder = threading.Thread(
             target=self._encode_loop, name="trajstore-encode", daemon=True
         )
@@ -203,8 +291,25 @@ class BlockSender:
             self._inbox.append(_Frame(group, index, leaves, nbytes))
             self._cond.notify_all()
 
+    def put_block(
+        self, group: int, start: int, count: int, payload: bytes, actual_steps: int
+    ) -> None:
+        """Queue a block encoded elsewhere (its frames' leaves concatenated), in order."""
+        with self._cond:
+            self._check_open()
+            while (
+                self._pending_bytes
+                and self._pending_bytes + len(payload) > self.max_pending_bytes
+                and self._error is None
+            ):
+                self._cond.wait()
+            self.raise_if_failed()
+            self._pending_bytes += len(payload)
+            self._inbox.append(_RawBlock(group, start, count, actual_steps, payload))
+            self._cond.notify_all()
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything put so far is durable on the store."""
+        """Wait until everything put so far is durable on the store (or in the journal)."""
         marker = _FlushMarker()
         with self._cond:
             self._check_open()
@@ -215,20 +320,62 @@ class BlockSender:
         return done
 
     def close(self) -> None:
-        """Flush, end the stream and stop the threads; raise any error."""
+        """Flush, end the stream and stop the threads; raise any error.
+
+        A journal still holding blocks the store has not acknowledged stays
+        on disk, with a closing record, as :attr:`journal_left`.
+        """
         if self._closed:
             return
         try:
             if self._error is None:
                 self.flush()
+                if self._journal is not None and not self._connected and self._try_store_now():
+                    self.flush()  # the store is back: upload the journal before closing
         finally:
             with self._cond:
                 self._closed = True
                 self._inbox.append(_END)
                 self._cond.notify_all()
+            self._stopping.set()
+            self._wake.set()
             self._encoder.join()
             self._receiver.join()
+            feeder = self._feeder
+            if feeder is not None:
+                feeder.join()
+            self._close_journal()
         self.raise_if_failed()
+
+    def _try_store_now(self, timeout: float = 30.0) -> bool:
+        """Make the reconnecting thread try the store at once; ``True`` if it is back."""
+        with self._cond:
+            attempts = self._reopen_attempts
+            self._wake.set()
+            self._cond.wait_for(
+                lambda: self._connected or self._reopen_attempts > attempts or self._error,
+                timeout,
+            )
+            return self._connected
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        if self._error is None and self._acked == self._next_block - 1:
+            journal.remove()  # the store took everything in it
+            return
+        try:
+            if self._error is None:
+                journal.append_end(self.actual_steps)
+        finally:
+            journal.close()
+            self.journal_left = journal.path
+        if self._error is not None:
+            self._error.add_note(
+                f"blocks not acknowledged are kept in the journal {journal.path}: "
+                f"upload them with `trajstore push {journal.path}`"
+            )
 
     def cancel(self) -> None:
         """Abandon the stream at once (the writer is failing anyway)."""
@@ -238,6 +385,8 @@ class BlockSender:
             self._inbox.append(_END)
             self._cond.notify_all()
             stream = self._stream
+        self._stopping.set()
+        self._wake.set()
         if stream is not None:
             stream.cancel()
 
@@ -269,12 +418,17 @@ class BlockSender:
                         self._seal_all()
                         with self._cond:
                             item.target = self._next_block - 1
+                            if self._spilling and self._journal is not None:
+                                self._journal.sync()
+                                self._journal_synced = item.target
                             self._flush_wanted += 1
                             self._markers.append(item)
                             self._complete_markers()
                             self._cond.notify_all()
                     elif isinstance(item, _Frame):
                         self._add(item)
+                    elif isinstance(item, _RawBlock):
+                        self._add_raw(item)
                 due = self._next_send_due()
                 if due is not None and due <= 0:
                     self._seal_all(only_due=True)
@@ -301,6 +455,13 @@ class BlockSender:
         if len(pending.frames) >= self._batch[frame.group] or end % self._batch[frame.group] == 0:
             self._seal(frame.group)
 
+    def _add_raw(self, raw: _RawBlock) -> None:
+        if self._pending[raw.group].frames:
+            self._seal(raw.group)
+        array = np.frombuffer(raw.payload, np.uint8)
+        parts = list(wire.split_parts([array], self._session.part_bytes))
+        self._enqueue(raw.group, raw.start, raw.count, parts, len(raw.payload), raw.actual_steps)
+
     def _seal_all(self, *, only_due: bool = False) -> None:
         now = time.monotonic()
         for group, pending in enumerate(self._pending):
@@ -316,19 +477,34 @@ class BlockSender:
         else:
             buffers = [np.stack(column) for column in zip(*pending.frames, strict=True)]
         parts = list(wire.split_parts(buffers, self._session.part_bytes))
+        self._enqueue(group, pending.start, count, parts, pending.nbytes, self.actual_steps)
+
+    def _enqueue(
+        self,
+        group: int,
+        start: int,
+        count: int,
+        parts: list[tuple[int, bytes]],
+        nbytes: int,
+        actual_steps: int,
+    ) -> None:
+        """Number a sealed block and queue it -- in memory, or in the journal while spilling."""
         with self._cond:
             block = _Block(
                 number=self._next_block,
                 group=group,
-                start=pending.start,
+                start=start,
                 count=count,
-                total_bytes=sum(b.nbytes for b in buffers),
+                total_bytes=sum(len(data) for _, data in parts),
                 parts=parts,
-                nbytes=pending.nbytes,
-                actual_steps=self.actual_steps,
+                nbytes=nbytes,
+                actual_steps=actual_steps,
             )
             self._next_block += 1
-            self._blocks.append(block)
+            if self._spilling and self._journal is not None:
+                self._write_to_journal(self._journal, block)
+            else:
+                self._blocks.append(block)
             self._cond.notify_all()
 
     # ------------------------------------------- stream and receiver thread
@@ -404,13 +580,17 @@ class BlockSender:
             except TrajstoreError as e:
                 self._fail(e)
                 return
+            with self._cond:
+                self._connected = False
+                self._complete_markers()
             try:
-                self._reconnect()
+                if not self._reconnect():
+                    return  # closed while the journal holds the rest
             except TrajstoreError as e:
                 self._fail(e)
                 return
             with self._cond:
-                first_block = self._blocks[0].number if self._blocks else self._next_block
+                first_block = self._acked + 1
 
     def _run_stream(self, first_block: int) -> None:
         session = self._session
@@ -437,29 +617,168 @@ class BlockSender:
         if not finished:
             raise _StreamBrokeError("the store ended the write stream")
 
-    def _reconnect(self) -> None:
-        old = self._session.id
+    def _reconnect(self) -> bool:
+        """Open the run again; ``False`` when closed first (while spilling).
+
+        Tries for ``reconnect_timeout`` seconds; then, with a journal, spills
+        and tries until the store answers or the sender closes.
+        """
+        session = None if self._spilling else self._reopen_within(self.reconnect_timeout)
+        if session is None:
+            open_journal = self._open_journal
+            if open_journal is None:
+                raise UnavailableError(
+                    f"the store stayed unreachable for {self.reconnect_timeout:.0f}s; "
+                    f"frames not yet acknowledged were not stored"
+                )
+            with self._cond:
+                self._spill(open_journal)
+            session = self._reopen_within(None)
+            if session is None:
+                return False
+        with self._cond:
+            self._session = session
+            self._connected = True
+            self.reconnects += 1
+            self._cond.notify_all()
+        log.warning("reconnected: resending unacknowledged blocks", extra={"session": session.id})
+        return True
+
+    def _reopen_within(self, timeout: float | None) -> Session | None:
+        """Reopen with backoff for ``timeout`` s (``None``: until closed); ``None`` if not."""
+        stop: stop_base = stop_when_event_set(self._stopping)
+        if timeout is not None:
+            stop = stop | stop_after_delay(timeout)
         try:
             for attempt in Retrying(
                 wait=wait_exponential(multiplier=0.1, max=5.0),
-                stop=stop_after_delay(self.reconnect_timeout),
+                stop=stop,
+                sleep=self._pause,
                 retry=retry_if_exception_type(UnavailableError),
                 reraise=False,
             ):
                 with attempt:
                     if self._closed and self._error is not None:
                         raise self._error
-                    session = self._reopen(old)
+                    try:
+                        return self._reopen(self._session.id)
+                    finally:
+                        with self._cond:
+                            self._reopen_attempts += 1
+                            self._cond.notify_all()
         except RetryError:
-            raise UnavailableError(
-                f"the store stayed unreachable for {self.reconnect_timeout:.0f}s; "
-                f"frames not yet acknowledged were not stored"
-            ) from None
+            return None
+        return None
+
+    def _pause(self, seconds: float) -> None:
+        """Backoff sleep that ends early when the sender closes."""
+        self._wake.wait(seconds)
+        if not self._stopping.is_set():
+            self._wake.clear()
+
+    # ---------------------------------------------------------------- journal
+
+    def _spill(self, open_journal: Callable[[], JournalWriter]) -> None:
+        """Move the blocks held in memory to the journal and spill from now on. Lock held."""
+        journal = self._journal
+        if journal is None:
+            journal = self._journal = open_journal()
+            log.warning(
+                "the store stayed unreachable for %.0fs: spilling to the journal %s",
+                self.reconnect_timeout,
+                journal.path,
+            )
+        # Blocks read from the journal (they come first) are dropped, to be read again.
+        fed = [b for b in self._blocks if b.journal_offset is not None]
+        first_fed = fed[0].journal_offset if fed else None
+        self._feed_offset = journal.size if first_fed is None else first_fed
+        self._replay_bytes -= sum(b.nbytes for b in fed)
+        self._feed_generation += 1
+        self._spilling = True
+        held = [b for b in self._blocks if b.journal_offset is None]
+        self._blocks.clear()
+        for block in held:
+            self._write_to_journal(journal, block)
+        journal.sync()
+        self._journal_synced = self._next_block - 1
+        if self._feeder is None:
+            self._feeder = threading.Thread(
+                target=self._feed_loop, args=(journal.path,), name="trajstore-journal", daemon=True
+            )
+            self._feeder.start()
+        self._complete_markers()
+        self._cond.notify_all()
+
+    def _write_to_journal(self, journal: JournalWriter, block: _Block) -> None:
+        """Append a sealed block to the journal; it no longer counts as pending. Lock held."""
+        journal.append_block(
+            block.number,
+            block.group,
+            block.start,
+            block.count,
+            block.actual_steps,
+            [data for _, data in block.parts],
+        )
+        self._pending_bytes -= block.nbytes
+
+    def _feed_loop(self, path: Path) -> None:
+        """Read the journal into the send queue while the store is connected."""
+        try:
+            with JournalReader(path) as reader:
+                while self._feed_one(reader):
+                    pass
+        except TrajstoreError as e:
+            self._fail(e)
+        except Exception as e:  # reading must never die silently
+            self._fail(JournalError(f"reading the journal back failed: {e!r}"))
+
+    def _feed_one(self, reader: JournalReader) -> bool:
+        """Move one journal record to the send queue; ``False`` once caught up or stopped."""
         with self._cond:
-            self._session = session
-            self.reconnects += 1
-            self._cond.notify_all()
-        log.warning("reconnected: resending unacknowledged blocks", extra={"session": session.id})
+            self._cond.wait_for(
+                lambda: (
+                    self._closed
+                    or self._error is not None
+                    or (self._connected and self._replay_bytes < self.max_pending_bytes)
+                )
+            )
+            journal = self._journal
+            if self._closed or self._error is not None or journal is None:
+                self._feeder = None
+                return False
+            if self._feed_offset >= journal.size:  # caught up: new blocks stay in memory
+                self._spilling = False
+                self._feeder = None
+                self._release()
+                return False
+            offset, generation, end = self._feed_offset, self._feed_generation, journal.size
+        found = reader.read_at(offset, end)
+        if found is None:
+            raise JournalError(f"journal {reader.path}: the record at byte {offset} is damaged")
+        record, after = found
+        with self._cond:
+            if generation != self._feed_generation:
+                return True  # a new spill moved the read position
+            self._feed_offset = after
+            if isinstance(record, JournalBlock) and record.number > self._acked:
+                self._blocks.append(self._block_from(record, offset))
+                self._replay_bytes += len(record.payload)
+                self._cond.notify_all()
+        return True
+
+    def _block_from(self, record: JournalBlock, offset: int) -> _Block:
+        array = np.frombuffer(record.payload, np.uint8)
+        return _Block(
+            number=record.number,
+            group=record.group,
+            start=record.start,
+            count=record.count,
+            total_bytes=len(record.payload),
+            parts=list(wire.split_parts([array], self._session.part_bytes)),
+            nbytes=len(record.payload),
+            actual_steps=record.actual_steps,
+            journal_offset=offset,
+        )
 
     def _on_ack(self, block: int) -> None:
         with self._cond:
@@ -469,16 +788,31 @@ class BlockSender:
     def _release(self) -> None:
         """Drop blocks the store holds durably (in order); wake whoever waits. Lock held."""
         while self._blocks and self._blocks[0].number <= self._acked:
-            self._pending_bytes -= self._blocks.popleft().nbytes
+            block = self._blocks.popleft()
+            if block.journal_offset is None:
+                self._pending_bytes -= block.nbytes
+            else:
+                self._replay_bytes -= block.nbytes
+        journal = self._journal
+        if (
+            journal is not None
+            and not self._spilling
+            and (not self._blocks or self._blocks[0].journal_offset is None)
+        ):
+            self._journal = None
+            journal.remove()  # the store holds everything it had
+            log.warning("the store took the whole journal %s; removed it", journal.path)
         self._complete_markers()
         self._cond.notify_all()
 
     def _complete_markers(self) -> None:
-        """Complete flushes whose blocks are all durable. Lock held."""
-        first_pending = self._blocks[0].number if self._blocks else self._next_block
+        """Complete flushes whose blocks are all durable (while away: in the journal). Lock held."""
+        durable = self._acked
+        if not self._connected:
+            durable = max(durable, self._journal_synced)
         waiting = []
         for marker in self._markers:
-            if 0 <= marker.target < first_pending:
+            if 0 <= marker.target <= durable:
                 marker.done.set()
             else:
                 waiting.append(marker)

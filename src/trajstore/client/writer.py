@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -11,14 +14,17 @@ import grpc
 
 from trajstore import wire
 from trajstore.client.channel import call_metadata, open_channel
-from trajstore.client.sender import BlockSender, Session
-from trajstore.errors import NotOpenError
+from trajstore.client.journal import JournalWriter
+from trajstore.client.sender import BlockSender, Session, close_session, open_session
+from trajstore.errors import JournalError, JournalLeftWarning, NotOpenError
 from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.local import StepClock
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
 __all__ = ["RemoteStorageWriter"]
+
+log = logging.getLogger("trajstore.client")
 
 State = TypeVar("State")
 Config = TypeVar("Config")
@@ -56,7 +62,16 @@ class RemoteStorageWriter(Generic[State, Config]):
         reconnect_timeout: When the stream breaks, the writer reconnects with
             backoff and resends everything not yet acknowledged; after this many
             seconds without the store it gives up, and the next ``log()``,
-            ``flush()`` or ``__exit__`` raises :class:`~trajstore.errors.UnavailableError`.
+            ``flush()`` or ``__exit__`` raises :class:`~trajstore.errors.UnavailableError`
+            -- unless a ``journal`` is given.
+        journal: Path of a spill journal (created only when needed; it must
+            not exist). When the store stays unreachable past
+            ``reconnect_timeout``, frames go to this file instead, ``log()``
+            keeps working, ``flush()`` returns once they are durable in it, and
+            the writer keeps reconnecting; once the store is back it uploads the
+            journal in order and deletes it. If the writer closes first, the
+            journal stays (a :class:`~trajstore.errors.JournalLeftWarning` says
+            where) and ``trajstore push JOURNAL`` uploads it later.
     """
 
     def __init__(
@@ -76,6 +91,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         send_interval: float = 0.1,
         timeout: float = 60.0,
         reconnect_timeout: float = 300.0,
+        journal: str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in wire.MODES:
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
@@ -91,6 +107,9 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.send_interval = send_interval
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
+        self.journal = Path(journal) if journal is not None else None
+        #: The journal left on disk by ``__exit__`` (the store was away), else ``None``.
+        self.journal_left: Path | None = None
         self._metadata = call_metadata(token)
         self._tls_ca = tls_ca
         self._groups: list[GroupWriters] = []
@@ -104,6 +123,11 @@ class RemoteStorageWriter(Generic[State, Config]):
     def __enter__(self) -> RemoteStorageWriter[State, Config]:
         if self._sender is not None:
             raise NotOpenError("this writer is already open")
+        if self.journal is not None and self.journal.exists():
+            raise JournalError(
+                f"journal {self.journal} already exists: upload it first with "
+                f"`trajstore push {self.journal}`, or choose another path"
+            )
         self._groups, spec = prepare_groups(
             self.config,
             self.initial_state,
@@ -129,36 +153,32 @@ class RemoteStorageWriter(Generic[State, Config]):
             max_pending_bytes=self.max_pending_bytes,
             send_interval=self.send_interval,
             reconnect_timeout=self.reconnect_timeout,
+            open_journal=None if self.journal is None else self._journal_opener(self.journal),
         )
         self._clock = StepClock()
         self.initial_state = None
         return self
 
+    def _journal_opener(self, path: Path) -> Callable[[], JournalWriter]:
+        """What creates the spill journal at ``path`` when the store stays away."""
+        request = pb.OpenRunRequest(run=self.run, mode=wire.MODES["append"], schema=self._schema)
+        return lambda: JournalWriter(path, self.address, request)
+
     def _open_run(self, mode: str, takeover: str = "") -> Session:
         """OpenRun on the store; records where each group stands."""
         if self._stub is None:
             raise NotOpenError("the writer is not open")
-        try:
-            opened = self._stub.OpenRun(
-                pb.OpenRunRequest(
-                    run=self.run,
-                    mode=wire.MODES[mode],
-                    schema=self._schema,
-                    takeover_session=takeover,
-                ),
-                timeout=self.timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as e:
-            raise wire.error_from_rpc(e) from None
-        if not takeover:
-            self.resumed_frames = list(opened.frames)
-        return Session(
-            opened.session,
-            int(opened.max_message_bytes),
-            opened.lease_seconds,
-            tuple(int(n) for n in opened.frames),
+        session = open_session(
+            self._stub,
+            pb.OpenRunRequest(
+                run=self.run, mode=wire.MODES[mode], schema=self._schema, takeover_session=takeover
+            ),
+            metadata=self._metadata,
+            timeout=self.timeout,
         )
+        if not takeover:
+            self.resumed_frames = list(session.frames)
+        return session
 
     @property
     def reconnects(self) -> int:
@@ -191,7 +211,17 @@ class RemoteStorageWriter(Generic[State, Config]):
             try:
                 sender.close()
             finally:
-                self._close_run(sender.session, sender.actual_steps)
+                self.journal_left = sender.journal_left
+                if self.journal_left is None:
+                    self._close_run(sender.session, sender.actual_steps)
+            if self.journal_left is not None:
+                message = (
+                    f"the store was unreachable when run {self.run!r} closed: frames it has "
+                    f"not stored are in {self.journal_left}; upload them with "
+                    f"`trajstore push {self.journal_left}`"
+                )
+                log.warning(message)
+                warnings.warn(message, JournalLeftWarning, stacklevel=2)
         except Exception as close_error:
             if exc is None:
                 raise
@@ -202,16 +232,10 @@ class RemoteStorageWriter(Generic[State, Config]):
                 self._channel = None
 
     def _close_run(self, session: str, actual_steps: int) -> None:
-        if self._stub is None:
-            return
-        try:
-            self._stub.CloseRun(
-                pb.CloseRunRequest(session=session, actual_steps=actual_steps),
-                timeout=self.timeout,
-                metadata=self._metadata,
+        if self._stub is not None:
+            close_session(
+                self._stub, session, actual_steps, metadata=self._metadata, timeout=self.timeout
             )
-        except grpc.RpcError as e:
-            raise wire.error_from_rpc(e) from None
 
     def _require_open(self) -> BlockSender:
         if self._sender is None:

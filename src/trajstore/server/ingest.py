@@ -82,18 +82,20 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         self, request: pb.CloseRunRequest, context: grpc.ServicerContext
     ) -> pb.CloseRunResponse:
         """Flush and close the run; release it for other writers."""
-        run = self.registry.get(request.session).run
-        ack = self.registry.close(request.session, request.actual_steps)
+        session = self.registry.get(request.session)
+        actual_steps = request.actual_steps if request.HasField("actual_steps") else None
+        ack = self.registry.close(request.session, actual_steps)
+        run, recorded = session.run, session.writer.file.actual_steps
         log.info(
             "run closed",
             extra={
                 "run": run,
                 "frames": list(ack.frames),
                 "peer": context.peer(),
-                "actual_steps": request.actual_steps,
+                "actual_steps": recorded,
             },
         )
-        return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=request.actual_steps)
+        return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=recorded)
 
     def Write(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext
