@@ -116,6 +116,27 @@ def test_flush_interval_flushes_without_being_asked(tmp_path):
     writer.close()
 
 
+def test_flush_bytes_flushes_a_fast_writer_without_waiting_for_the_interval(tmp_path):
+    flushes = []
+    writer = BackgroundWriter(
+        RunFileWriter(tmp_path / "r.h5", SPEC),
+        flush_interval=3600,  # never, in this test
+        flush_bytes=4 * FRAME,
+        on_flush=lambda frames, tag: flushes.append((frames, tag)),
+    )
+    for i in range(10):
+        writer.submit_block(0, i, 1, [frame(i)[0][np.newaxis]], tag=i + 1)
+    deadline = threading.Event()
+    for _ in range(600):  # until both 4-frame thresholds were crossed (no timing asserted)
+        if len(flushes) >= 2:
+            break
+        deadline.wait(0.1)
+    assert len(flushes) >= 2
+    assert all(frames[0] >= 4 for frames, _ in flushes)
+    assert [tag for _, tag in flushes] == sorted(tag for _, tag in flushes)
+    writer.close()
+
+
 def test_background_error_surfaces_at_the_next_call_and_sticks(tmp_path):
     writer = BackgroundWriter(FailingFile(tmp_path / "r.h5", SPEC))
     writer.submit_frame(0, 0, frame(0))

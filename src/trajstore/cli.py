@@ -71,6 +71,15 @@ def main() -> None:
     help="Seconds between background flushes (and acknowledgements).",
 )
 @click.option(
+    "--flush-bytes",
+    envvar="TRAJSTORE_FLUSH_BYTES",
+    type=click.IntRange(min=1),
+    default=16 << 20,
+    show_default=True,
+    show_envvar=True,
+    help="Flush a run also once this many bytes arrived since its last flush.",
+)
+@click.option(
     "--lease-seconds",
     envvar="TRAJSTORE_LEASE_SECONDS",
     type=float,
@@ -199,6 +208,7 @@ def serve(
     data_dir: Path,
     listen: str,
     flush_interval: float,
+    flush_bytes: int,
     lease_seconds: float,
     max_message_bytes: int,
     max_frame_bytes: int,
@@ -218,9 +228,11 @@ def serve(
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
     from trajstore.server import Limits
     from trajstore.server import serve as start_server
+    from trajstore.server.allocator import keep_large_buffers
     from trajstore.server.auth import Tokens
 
     _configure_logging(log_level, log_format)
+    keep_large_buffers()
     limits = Limits(
         max_message_bytes=max_message_bytes,
         max_frame_bytes=max_frame_bytes,
@@ -232,6 +244,7 @@ def serve(
         listen,
         limits=limits,
         flush_interval=flush_interval,
+        flush_bytes=flush_bytes,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
         metrics_listen=metrics_listen,

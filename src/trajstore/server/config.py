@@ -46,6 +46,9 @@ class ServerConfig:
         limits: Per-caller limits.
         flush_interval: Received data is made durable (and acknowledged) at
             least this often, in seconds.
+        flush_bytes: ... and as soon as this many bytes of a run arrived since
+            its last flush (so a writer's bounded window of unacknowledged
+            data keeps moving).
         lease_seconds: A writer session idle this long is released.
         max_workers: Threads serving RPCs (each open stream holds one).
         metrics_listen: ``host:port`` for the Prometheus ``/metrics`` endpoint
@@ -61,6 +64,7 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     limits: Limits = field(default_factory=Limits)
     flush_interval: float = 0.2
+    flush_bytes: int = 16 << 20
     lease_seconds: float = 60.0
     max_workers: int = 64
     metrics_listen: str | None = None

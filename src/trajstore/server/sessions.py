@@ -302,6 +302,7 @@ class RunRegistry:
             file,
             max_pending_bytes=self.config.limits.max_pending_bytes_per_run,
             flush_interval=self.config.flush_interval,
+            flush_bytes=self.config.flush_bytes,
             on_flush=lambda frames, tag: holder[0].on_flush(frames, tag) if holder else None,
             on_error=lambda error: holder[0].wake() if holder else None,
         )

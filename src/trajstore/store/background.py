@@ -73,6 +73,9 @@ class BackgroundWriter:
         max_pending_bytes: Bound on bytes submitted but not yet written.
         flush_interval: If set, data is made durable at most this many seconds
             after it was submitted, even without a :meth:`flush`.
+        flush_bytes: If set, data is also made durable as soon as this many
+            bytes were written since the last flush (acknowledgements then keep
+            pace with a fast writer whose unacknowledged window is bounded).
         on_flush: Called on the background thread after every flush with the
             frames now durable per group and the tag of the last block
             submitted before the flush (the server acknowledges with these).
@@ -86,6 +89,7 @@ class BackgroundWriter:
         *,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float | None = None,
+        flush_bytes: int | None = None,
         on_flush: Callable[[list[int], int | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -94,6 +98,7 @@ class BackgroundWriter:
         self.file = file
         self.max_pending_bytes = max_pending_bytes
         self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
         self._on_flush = on_flush
         self._on_error = on_error
         self._batch = [layout.batch_frames(g) for g in file.spec.groups]
@@ -105,6 +110,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._closed = False
         self._unflushed_since: float | None = None
+        self._unflushed_bytes = 0
         self._durable = list(file.frames)
         self._last_tag: int | None = None
         #: Seconds the last flush of the file took.
@@ -228,11 +234,15 @@ class BackgroundWriter:
             for item in items:
                 if item is None:
                     stopping = True
-                else:
-                    self._guarded(self._process, item)
-            if not self._queue and (self._waiting or self._flush_due_in() == 0.0):
+                    continue
+                self._guarded(self._process, item)
+                if self._over_flush_bytes():
+                    self._guarded(self._write_all)
+                    self._guarded(self._flush_file)
+            due = self._flush_due_in() == 0.0
+            if due or (self._waiting and not self._queue):
                 self._guarded(self._write_all)
-                if self._flush_due_in() == 0.0:
+                if due:
                     self._guarded(self._flush_file)
         self._guarded(self._write_all)
         self._guarded(self._flush_file)
@@ -273,8 +283,15 @@ class BackgroundWriter:
     def _has_buffered(self) -> bool:
         return any(buffer.blocks for buffer in self._buffers)
 
+    def _over_flush_bytes(self) -> bool:
+        return self.flush_bytes is not None and self._unflushed_bytes >= self.flush_bytes
+
     def _flush_due_in(self) -> float | None:
-        if self.flush_interval is None or self._unflushed_since is None or self._error:
+        if self._unflushed_since is None or self._error:
+            return None
+        if self._over_flush_bytes():
+            return 0.0
+        if self.flush_interval is None:
             return None
         return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
 
@@ -285,6 +302,7 @@ class BackgroundWriter:
             return
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
+        self._unflushed_bytes += item.nbytes
         if item.tag is not None:
             self._last_tag = item.tag
         batch = self._batch[item.group]
@@ -337,6 +355,7 @@ class BackgroundWriter:
         self.file.flush()
         self.last_flush_seconds = time.monotonic() - started
         self._unflushed_since = None
+        self._unflushed_bytes = 0
         self._durable = self.file.frames
         if self._on_flush is not None:
             self._on_flush(list(self._durable), self._last_tag)
