@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from trajstore import errors
+from trajstore.blockcodec import split_views
 from trajstore.compression import Compression
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, structure_leaves
 from trajstore.v1 import ingest_pb2 as pb
@@ -271,24 +272,5 @@ def split_parts(buffers: Sequence[np.ndarray], part_bytes: int) -> Iterator[tupl
 
     Parts hold at most ``part_bytes``; an empty payload is one empty part.
     """
-    views = [memoryview(b.reshape(-1).view(np.uint8).data) for b in buffers if b.nbytes]
-    total = sum(len(v) for v in views)
-    if total == 0:
-        yield 0, b""
-        return
-    offset = 0
-    pieces: list[memoryview] = []
-    size = 0
-    for view in views:
-        position = 0
-        while position < len(view):
-            take = min(part_bytes - size, len(view) - position)
-            pieces.append(view[position : position + take])
-            size += take
-            position += take
-            if size == part_bytes:
-                yield offset, b"".join(pieces)
-                offset += size
-                pieces, size = [], 0
-    if size:
-        yield offset, b"".join(pieces)
+    for offset, views in split_views(buffers, part_bytes):
+        yield offset, b"".join(views)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -16,6 +17,7 @@ from tenacity import (
 )
 
 from trajstore import wire
+from trajstore.blockcodec import write_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.journal import JournalBlock, JournalReader
 from trajstore.client.sender import BlockSender, Session, close_session, open_session
@@ -87,7 +89,8 @@ def push_journal(
             except BaseException:
                 _release(stub, session.id, metadata, timeout)
                 raise
-            result = _send(stub, reader, spec, session, plan, metadata, timeout, target)
+            write = write_method(channel)
+            result = _send(stub, write, reader, spec, session, plan, metadata, timeout, target)
         finally:
             channel.close()
     if result.damaged_bytes:
@@ -163,6 +166,7 @@ def _plan(reader: JournalReader, spec: RunSpec, session: Session) -> _Plan:
 
 def _send(
     stub: pb_grpc.IngestServiceStub,
+    write: grpc.StreamStreamMultiCallable,
     reader: JournalReader,
     spec: RunSpec,
     session: Session,
@@ -177,7 +181,7 @@ def _send(
         request.takeover_session = previous
         return open_session(stub, request, metadata=metadata, timeout=timeout)
 
-    sender = BlockSender(stub, session, spec, reopen=reopen, metadata=metadata)
+    sender = BlockSender(write, session, spec, reopen=reopen, metadata=metadata)
     sender.actual_steps = plan.actual_steps
     frames = 0
     try:

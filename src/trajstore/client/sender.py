@@ -52,6 +52,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from trajstore import wire
+from trajstore.blockcodec import OutgoingPart, split_views
 from trajstore.client.journal import JournalBlock, JournalReader, JournalWriter
 from trajstore.errors import JournalError, NotOpenError, TrajstoreError, UnavailableError
 from trajstore.schema import RunSpec
@@ -158,7 +159,7 @@ class _Block:
     start: int
     count: int
     total_bytes: int
-    parts: list[tuple[int, bytes]]
+    parts: list[tuple[int, list[memoryview]]]  # views of the frames (blockcodec.split_views)
     nbytes: int  # logged bytes it accounts for
     actual_steps: int
     journal_offset: int | None = None  # where it lies in the journal, when read from there
@@ -176,7 +177,7 @@ class BlockSender:
     """Streams one run's frames to the store, reconnecting when the stream breaks.
 
     Args:
-        stub: Ingest service stub.
+        write: The IngestService.Write method (:func:`~trajstore.blockcodec.write_method`).
         session: The session from OpenRun.
         spec: The run's schema.
         reopen: Opens the run again in ``append`` mode, taking over the given
@@ -192,7 +193,7 @@ class BlockSender:
 
     def __init__(
         self,
-        stub: pb_grpc.IngestServiceStub,
+        write: grpc.StreamStreamMultiCallable,
         session: Session,
         spec: RunSpec,
         *,
@@ -210,7 +211,7 @@ class BlockSender:
         self.actual_steps = 0
         #: Times the stream broke and was re-established.
         self.reconnects = 0
-        self._stub = stub
+        self._write = write
         self._reopen = reopen
         self._metadata = metadata
         self._session = session
@@ -459,7 +460,7 @@ class BlockSender:
         if self._pending[raw.group].frames:
             self._seal(raw.group)
         array = np.frombuffer(raw.payload, np.uint8)
-        parts = list(wire.split_parts([array], self._session.part_bytes))
+        parts = list(split_views([array], self._session.part_bytes))
         self._enqueue(raw.group, raw.start, raw.count, parts, len(raw.payload), raw.actual_steps)
 
     def _seal_all(self, *, only_due: bool = False) -> None:
@@ -472,11 +473,9 @@ class BlockSender:
         pending = self._pending[group]
         self._pending[group] = _Pending()
         count = len(pending.frames)
-        if count == 1:
-            buffers = [np.ascontiguousarray(leaf) for leaf in pending.frames[0]]
-        else:
-            buffers = [np.stack(column) for column in zip(*pending.frames, strict=True)]
-        parts = list(wire.split_parts(buffers, self._session.part_bytes))
+        # Leaf by leaf, frame by frame: the block's layout, as views (copied once, when sent).
+        buffers = [leaves[i] for i in range(len(pending.frames[0])) for leaves in pending.frames]
+        parts = list(split_views(buffers, self._session.part_bytes))
         self._enqueue(group, pending.start, count, parts, pending.nbytes, self.actual_steps)
 
     def _enqueue(
@@ -484,7 +483,7 @@ class BlockSender:
         group: int,
         start: int,
         count: int,
-        parts: list[tuple[int, bytes]],
+        parts: list[tuple[int, list[memoryview]]],
         nbytes: int,
         actual_steps: int,
     ) -> None:
@@ -495,7 +494,7 @@ class BlockSender:
                 group=group,
                 start=start,
                 count=count,
-                total_bytes=sum(len(data) for _, data in parts),
+                total_bytes=sum(len(v) for _, views in parts for v in views),
                 parts=parts,
                 nbytes=nbytes,
                 actual_steps=actual_steps,
@@ -511,7 +510,7 @@ class BlockSender:
 
     def _requests(
         self, session: Session, first_block: int, sent: list[int]
-    ) -> Iterator[pb.WriteRequest]:
+    ) -> Iterator[pb.WriteRequest | OutgoingPart]:
         """What one Write stream sends: unacknowledged blocks from ``first_block`` on.
 
         The stream numbers the blocks it sends 1, 2, ...; ``sent[i]`` records
@@ -540,17 +539,17 @@ class BlockSender:
                 ending = self._ending and cursor >= self._next_block and block is None
             if block is not None:
                 sent.append(block.number)
-                for offset, data in block.parts:
-                    yield pb.WriteRequest(
+                for offset, views in block.parts:
+                    header = pb.WriteRequest(
                         block=len(sent),
                         group=block.group,
                         start=block.start,
                         count=block.count,
                         total_bytes=block.total_bytes,
                         offset=offset,
-                        data=data,
                         actual_steps=block.actual_steps,
                     )
+                    yield OutgoingPart(header, views)
                 cursor += 1
             elif wanted > flushes_sent:
                 flushes_sent = wanted
@@ -595,9 +594,7 @@ class BlockSender:
     def _run_stream(self, first_block: int) -> None:
         session = self._session
         sent: list[int] = []
-        responses = self._stub.Write(
-            self._requests(session, first_block, sent), metadata=self._metadata
-        )
+        responses = self._write(self._requests(session, first_block, sent), metadata=self._metadata)
         with self._cond:
             self._stream = responses
         try:
@@ -717,7 +714,7 @@ class BlockSender:
             block.start,
             block.count,
             block.actual_steps,
-            [data for _, data in block.parts],
+            [view for _, views in block.parts for view in views],
         )
         self._pending_bytes -= block.nbytes
 
@@ -774,7 +771,7 @@ class BlockSender:
             start=record.start,
             count=record.count,
             total_bytes=len(record.payload),
-            parts=list(wire.split_parts([array], self._session.part_bytes)),
+            parts=list(split_views([array], self._session.part_bytes)),
             nbytes=len(record.payload),
             actual_steps=record.actual_steps,
             journal_offset=offset,

@@ -13,6 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 import grpc
 
 from trajstore import wire
+from trajstore.blockcodec import write_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.journal import JournalWriter
 from trajstore.client.sender import BlockSender, Session, close_session, open_session
@@ -145,7 +146,7 @@ class RemoteStorageWriter(Generic[State, Config]):
             self._channel = None
             raise
         self._sender = BlockSender(
-            self._stub,
+            write_method(self._channel),
             session,
             spec,
             reopen=lambda previous: self._open_run("append", takeover=previous),

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from trajstore import errors, wire
+from trajstore.blockcodec import IncomingWrite, decode_write_request
 from trajstore.server.sessions import Ack, BlockHeader, RunRegistry, WriterSession
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
@@ -46,6 +47,34 @@ def typed_errors(method: Callable[..., R]) -> Callable[..., R]:
 
 def _ack_message(ack: Ack) -> pb.WriteResponse:
     return pb.WriteResponse(durable_block=ack.block, durable_frames=list(ack.frames))
+
+
+def add_ingest_service(servicer: IngestServicer, server: grpc.Server) -> None:
+    """Register the ingest service, receiving Write messages with the zero-copy decoder.
+
+    Like the generated ``add_IngestServiceServicer_to_server``, except for
+    Write's request deserializer (see :mod:`trajstore.blockcodec`).
+    """
+    service = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
+    handlers = {
+        "OpenRun": grpc.unary_unary_rpc_method_handler(
+            servicer.OpenRun,
+            request_deserializer=pb.OpenRunRequest.FromString,
+            response_serializer=pb.OpenRunResponse.SerializeToString,
+        ),
+        "Write": grpc.stream_stream_rpc_method_handler(
+            servicer.Write,
+            request_deserializer=decode_write_request,
+            response_serializer=pb.WriteResponse.SerializeToString,
+        ),
+        "CloseRun": grpc.unary_unary_rpc_method_handler(
+            servicer.CloseRun,
+            request_deserializer=pb.CloseRunRequest.FromString,
+            response_serializer=pb.CloseRunResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 class IngestServicer(pb_grpc.IngestServiceServicer):
@@ -98,14 +127,14 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=recorded)
 
     def Write(  # noqa: N802 (gRPC method name)
-        self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[IncomingWrite], context: grpc.ServicerContext
     ) -> Iterator[pb.WriteResponse]:
         """Receive blocks; answer with acknowledgements as data becomes durable."""
         try:
             first = next(request_iterator, None)
             if first is None:
                 return
-            session = self.registry.get(first.session)
+            session = self.registry.get(first.fields.session)
         except Exception as e:
             abort_with(context, e)
             return
@@ -115,8 +144,8 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
     def _acknowledge(
         self,
         session: WriterSession,
-        first: pb.WriteRequest,
-        requests: Iterator[pb.WriteRequest],
+        first: IncomingWrite,
+        requests: Iterator[IncomingWrite],
         context: grpc.ServicerContext,
     ) -> Iterator[pb.WriteResponse]:
         failure: list[BaseException] = []
@@ -124,7 +153,7 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
 
         def consume() -> None:
             try:
-                request: pb.WriteRequest | None = first
+                request: IncomingWrite | None = first
                 while request is not None:
                     _receive(session, request)
                     request = next(requests, None)
@@ -157,13 +186,14 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
             abort_with(context, failure[0])
 
 
-def _receive(session: WriterSession, request: pb.WriteRequest) -> None:
+def _receive(session: WriterSession, incoming: IncomingWrite) -> None:
+    request, data = incoming.fields, incoming.data
     session.touch()
     if session.closed:
         raise errors.FailedPreconditionError("this writer session was closed")
     if request.session and request.session != session.id:
         raise errors.InvalidArgumentError("a write stream carries one session")
-    if not request.block and (request.count or request.total_bytes or request.data):
+    if not request.block and (request.count or request.total_bytes or len(data)):
         raise errors.InvalidArgumentError(
             "frames sent without a block number (blocks count from 1)"
         )
@@ -175,7 +205,7 @@ def _receive(session: WriterSession, request: pb.WriteRequest) -> None:
             count=request.count,
             total_bytes=request.total_bytes,
         )
-        session.receive(header, request.offset, request.data, request.actual_steps)
+        session.receive(header, request.offset, data, request.actual_steps)
     elif request.actual_steps:
         session.writer.set_actual_steps(request.actual_steps)
     if request.flush:

@@ -146,7 +146,9 @@ class WriterSession:
         finally:
             self._streaming.release()
 
-    def receive(self, header: BlockHeader, offset: int, data: bytes, actual_steps: int) -> None:
+    def receive(
+        self, header: BlockHeader, offset: int, data: bytes | memoryview, actual_steps: int
+    ) -> None:
         """Take one part of a block; submit the block when it is whole."""
         self.touch()
         assembly = self._assembly
@@ -202,7 +204,9 @@ class WriterSession:
                 f"one frame"
             )
 
-    def _submit(self, header: BlockHeader, payload: bytes | bytearray, actual_steps: int) -> None:
+    def _submit(
+        self, header: BlockHeader, payload: bytes | bytearray | memoryview, actual_steps: int
+    ) -> None:
         group = self.spec.groups[header.group]
         leaves = []
         offset = 0

@@ -1,0 +1,196 @@
+"""The hot path of the wire: WriteRequest parts encoded without extra copies.
+
+A block's payload is every leaf's frames, concatenated. Built the obvious
+way it is copied four times on the client (stacked per leaf, joined into a
+part, copied into a protobuf message, serialised) -- about 2 ms per 4 MiB
+block, a third of the client's CPU on the MD benchmark. Here the payload is
+kept as views of the frames the writer already copied to the host, and the
+serialiser writes them straight into the message bytes: one copy.
+
+The bytes on the wire are exactly ``WriteRequest.SerializeToString()`` of
+the same message (a property test checks this against the generated class):
+the other fields are serialised by protobuf itself, and the ``data`` field
+(number 8) goes between them in protobuf's length-delimited encoding.
+
+On the store, :func:`decode_write_request` likewise hands the payload on as
+a view of the received message instead of two copies (protobuf's parse and
+its ``bytes`` attribute), leaving every other field to protobuf's parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from trajstore.v1 import ingest_pb2 as pb
+
+__all__ = [
+    "IncomingWrite",
+    "OutgoingPart",
+    "decode_write_request",
+    "encode_write_request",
+    "split_views",
+    "write_method",
+]
+
+_DATA_TAG = bytes([(pb.WriteRequest.DATA_FIELD_NUMBER << 3) | 2])  # length-delimited
+
+
+@dataclass(frozen=True)
+class OutgoingPart:
+    """A WriteRequest whose ``data`` is the concatenation of ``views``."""
+
+    header: pb.WriteRequest  # every field but data
+    views: Sequence[memoryview]
+
+
+def split_views(
+    buffers: Sequence[np.ndarray], part_bytes: int
+) -> Iterator[tuple[int, list[memoryview]]]:
+    """Split the concatenation of ``buffers`` into parts of at most ``part_bytes``.
+
+    Yields ``(offset, views)``: zero-copy views whose concatenation is the
+    part. An empty payload is one empty part.
+    """
+    views = [memoryview(np.ascontiguousarray(b).reshape(-1).view(np.uint8).data) for b in buffers]
+    views = [v for v in views if len(v)]
+    if not views:
+        yield 0, []
+        return
+    offset = 0
+    pieces: list[memoryview] = []
+    size = 0
+    for view in views:
+        position = 0
+        while position < len(view):
+            take = min(part_bytes - size, len(view) - position)
+            pieces.append(view[position : position + take])
+            size += take
+            position += take
+            if size == part_bytes:
+                yield offset, pieces
+                offset += size
+                pieces, size = [], 0
+    if size:
+        yield offset, pieces
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_write_request(message: pb.WriteRequest | OutgoingPart) -> bytes:
+    """Serialise a WriteRequest; an :class:`OutgoingPart` with a single copy of its data."""
+    if isinstance(message, pb.WriteRequest):
+        return message.SerializeToString()
+    size = sum(len(v) for v in message.views)
+    header = message.header
+    if not size:
+        return header.SerializeToString()
+    # Fields in number order, as protobuf writes them: 1-7, data (8), then 9 and 10.
+    after = pb.WriteRequest(actual_steps=header.actual_steps, flush=header.flush)
+    before = pb.WriteRequest()
+    before.CopyFrom(header)
+    before.ClearField("actual_steps")
+    before.ClearField("flush")
+    return b"".join(
+        [
+            before.SerializeToString(),
+            _DATA_TAG,
+            _varint(size),
+            *message.views,
+            after.SerializeToString(),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class IncomingWrite:
+    """A received WriteRequest: its ``data`` a view of the received bytes."""
+
+    fields: pb.WriteRequest  # every field but data
+    data: memoryview
+
+
+def decode_write_request(message: bytes) -> IncomingWrite:
+    """Parse a WriteRequest without copying its ``data``.
+
+    The top-level fields are scanned; every field but ``data`` is handed to
+    protobuf's own parser, which validates them. Anything the scan does not
+    take (groups, a malformed or repeated field) is left to protobuf entirely,
+    so the outcome -- the fields, or a ``DecodeError`` -- is always protobuf's.
+    """
+    view = memoryview(message)
+    found = _find_data(view)
+    if found is None:
+        parsed = pb.WriteRequest.FromString(message)
+        data = memoryview(parsed.data)
+        parsed.ClearField("data")
+        return IncomingWrite(parsed, data)
+    if not found:
+        return IncomingWrite(pb.WriteRequest.FromString(message), memoryview(b""))
+    key, start, stop = found
+    rest = b"".join([view[:key], view[stop:]])
+    return IncomingWrite(pb.WriteRequest.FromString(rest), view[start:stop])
+
+
+def _find_data(view: memoryview) -> tuple[int, ...] | None:
+    """``(key, start, stop)`` of the one ``data`` field; ``()``: none; ``None``: ask protobuf."""
+    position, end = 0, len(view)
+    found: tuple[int, ...] = ()
+    while position < end:
+        field_start = position
+        key, position = _read_varint(view, position)
+        if key is None:
+            return None
+        kind = key & 7
+        if kind == 0:
+            value, position = _read_varint(view, position)
+            if value is None:
+                return None
+        elif kind == 1:
+            position += 8
+        elif kind == 5:
+            position += 4
+        elif kind == 2:
+            length, position = _read_varint(view, position)
+            if length is None or position + length > end:
+                return None
+            if key >> 3 == pb.WriteRequest.DATA_FIELD_NUMBER:
+                if found:
+                    return None  # a repeated data field: protobuf's rules apply
+                found = (field_start, position, position + length)
+            position += length
+        else:
+            return None  # groups and invalid wire types
+    return found if position == end else None
+
+
+def _read_varint(view: memoryview, position: int) -> tuple[int | None, int]:
+    """The varint at ``position`` and the position after it (``None``: malformed)."""
+    value, shift = 0, 0
+    for index in range(position, min(position + 10, len(view))):
+        byte = view[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    return None, position
+
+
+def write_method(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+    """IngestService.Write on ``channel``, sending with :func:`encode_write_request`."""
+    method = pb.DESCRIPTOR.services_by_name["IngestService"].methods_by_name["Write"]
+    return channel.stream_stream(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=encode_write_request,
+        response_deserializer=pb.WriteResponse.FromString,
+    )
