@@ -73,7 +73,12 @@ def writers(
 
 
 def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, Any]:
-    """``clients`` MD writers at once against one local writer's throughput."""
+    """``clients`` MD writers at once against one local writer's throughput.
+
+    The writers import and set up first; they start logging together, and
+    the aggregate is their bytes over the time from the first start to the
+    last end (process start-up is not counted).
+    """
     local = worker("local", "md", str(data / "fan-local.h5"), "--scale", str(scale))
     procs = [
         subprocess.Popen(
@@ -86,16 +91,29 @@ def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, An
                 f"{address}/bench/fan-{i}",
                 "--scale",
                 str(scale),
+                "--barrier",
             ],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for i in range(clients)
     ]
-    started = time.perf_counter()
-    outs = [json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in procs]
-    wall = time.perf_counter() - started
+    for p in procs:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("a fan-in writer failed to start")
+    for p in procs:  # all at once
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.close()
+    outs = []
+    for p in procs:
+        assert p.stdout is not None
+        outs.append(json.loads(p.stdout.read().strip().splitlines()[-1]))
+        p.wait(3600)
+    wall = max(o["ended_at"] for o in outs) - min(o["began_at"] for o in outs)
     total = sum(o["bytes"] for o in outs)
     aggregate = total / wall
     single = local["bytes"] / local["seconds"]

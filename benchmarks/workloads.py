@@ -86,12 +86,22 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_writer(kind: str, load: Workload, target: str, compression: Any) -> dict[str, Any]:
-    """Log ``load`` through ``kind`` (local, remote, h5py); time until durable."""
+def run_writer(
+    kind: str, load: Workload, target: str, compression: Any, barrier: bool = False
+) -> dict[str, Any]:
+    """Log ``load`` through ``kind`` (local, remote, h5py); time until durable.
+
+    With ``barrier``, print ``ready`` once set up and wait for a line on stdin
+    before starting (so that concurrent writers start together).
+    """
     from trajstore import HDF5StorageWriter, RemoteStorageWriter  # imports JAX: not measured
 
     states = [load.state(i) for i in range(min(load.steps, 64))]  # prebuilt, reused
     rss_before = _rss_mb()
+    if barrier:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    began_at = time.time()
     latencies = np.empty(load.steps)
     started = time.perf_counter()
     if kind == "h5py":
@@ -117,6 +127,8 @@ def run_writer(kind: str, load: Workload, target: str, compression: Any) -> dict
     logged = latencies if kind != "h5py" else np.zeros(1)
     return {
         "seconds": seconds,
+        "began_at": began_at,
+        "ended_at": time.time(),
         "log_median_us": float(np.median(logged) * 1e6),
         "log_p99_us": float(np.percentile(logged, 99) * 1e6),
         "rss_growth_mb": _rss_mb() - rss_before,
@@ -156,11 +168,15 @@ def main() -> int:
     parser.add_argument("target", help="a file path, or ADDRESS/RUN for the remote writer")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--zstd", action="store_true", help="compress with zstd")
+    parser.add_argument(
+        "--barrier", action="store_true", help="print 'ready', start on a line from stdin"
+    )
     args = parser.parse_args()
     from trajstore import Compression
 
     compression = Compression("zstd", 1) if args.zstd else None
-    result = run_writer(args.writer, workload(args.workload, args.scale), args.target, compression)
+    load = workload(args.workload, args.scale)
+    result = run_writer(args.writer, load, args.target, compression, args.barrier)
     print(json.dumps(result), flush=True)
     return 0
 

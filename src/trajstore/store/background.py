@@ -12,6 +12,11 @@ The contract, which the local writer and the storage server both rely on:
   ``flush_interval`` seconds, or when a blocked caller needs the room.
 - :meth:`~BackgroundWriter.flush` returns once everything submitted before it
   is written and flushed to disk.
+- Flushes that come due (``flush_interval``, ``flush_bytes``) do not stop the
+  writing: the writing thread hands the data to the OS, a second thread
+  ``fsync``s it, the writing thread then publishes the frame counts, and the
+  second thread ``fsync``s those and calls ``on_flush``. One such flush is in
+  flight at a time.
 - An error on the background thread is raised by the next ``submit_*``,
   ``flush`` or ``close``; after it the writer accepts nothing more.
 """
@@ -28,7 +33,7 @@ import numpy as np
 
 from trajstore.errors import NotOpenError, TrajstoreError, WriterFailedError
 from trajstore.store import layout
-from trajstore.store.writer import RunFileWriter
+from trajstore.store.writer import FlushTicket, RunFileWriter
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "BackgroundWriter"]
 
@@ -49,6 +54,18 @@ class _Block:
 @dataclass
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _InFlight:
+    """A flush whose ``fsync`` runs on the sync thread."""
+
+    ticket: FlushTicket
+    tag: int | None
+    started: float
+    #: "data": its data awaits fsync; "publish": the writing thread writes the
+    #: counts next; "counts": the counts await fsync, then ``on_flush``.
+    stage: str = "data"
 
 
 @dataclass
@@ -113,9 +130,13 @@ class BackgroundWriter:
         self._unflushed_bytes = 0
         self._durable = list(file.frames)
         self._last_tag: int | None = None
+        self._in_flight: _InFlight | None = None
+        self._syncs: deque[_InFlight | None] = deque()
         #: Seconds the last flush of the file took.
         self.last_flush_seconds = 0.0
+        self._syncer = threading.Thread(target=self._sync_loop, name="trajstore-sync", daemon=True)
         self._thread = threading.Thread(target=self._run, name="trajstore-writer", daemon=True)
+        self._syncer.start()
         self._thread.start()
 
     # ---------------------------------------------------------------- callers
@@ -222,7 +243,7 @@ class BackgroundWriter:
         stopping = False
         while not stopping:
             with self._cond:
-                while not self._queue:
+                while not self._queue and not self._publish_due():
                     if self._waiting and self._has_buffered():
                         break  # a caller needs room: write partial blocks
                     timeout = self._flush_due_in()
@@ -231,25 +252,99 @@ class BackgroundWriter:
                     self._cond.wait(timeout)
                 items = list(self._queue)
                 self._queue.clear()
+            self._guarded(self._advance_flush)
             for item in items:
                 if item is None:
                     stopping = True
                     continue
                 self._guarded(self._process, item)
+                self._guarded(self._advance_flush)
                 if self._over_flush_bytes():
-                    self._guarded(self._write_all)
-                    self._guarded(self._flush_file)
-            due = self._flush_due_in() == 0.0
-            if due or (self._waiting and not self._queue):
+                    self._guarded(self._start_flush)
+            if self._waiting and not self._queue:
                 self._guarded(self._write_all)
-                if due:
-                    self._guarded(self._flush_file)
+            if self._flush_due_in() == 0.0:
+                self._guarded(self._start_flush)
         self._guarded(self._write_all)
-        self._guarded(self._flush_file)
+        self._guarded(self._flush_now)
+        with self._cond:
+            self._syncs.append(None)
+            self._cond.notify_all()
+        self._syncer.join()
         try:
             self.file.close()
         except Exception as e:
             self._fail(e)
+
+    # ------------------------------------------------- flushes, two threads
+
+    def _publish_due(self) -> bool:
+        return self._in_flight is not None and self._in_flight.stage == "publish"
+
+    def _start_flush(self) -> None:
+        """Writing thread: hand everything to the OS; the sync thread makes it durable."""
+        if self._in_flight is not None:
+            return
+        self._write_all()
+        flight = _InFlight(self.file.begin_flush(), self._last_tag, time.monotonic())
+        self._unflushed_since = None
+        self._unflushed_bytes = 0
+        with self._cond:
+            self._in_flight = flight
+            self._syncs.append(flight)
+            self._cond.notify_all()
+
+    def _advance_flush(self) -> None:
+        """Writing thread: publish the counts of a flush whose data is on disk."""
+        flight = self._in_flight
+        if flight is not None and flight.stage == "publish":
+            self.file.publish(flight.ticket)
+            with self._cond:
+                flight.stage = "counts"
+                self._syncs.append(flight)
+                self._cond.notify_all()
+
+    def _flush_now(self) -> None:
+        """Writing thread: a flush of everything so far, waited for (``flush()``, close)."""
+        self._finish_flight()
+        self._start_flush()
+        self._finish_flight()
+
+    def _finish_flight(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._in_flight is None or self._publish_due() or self._error
+                )
+                if self._in_flight is None or self._error is not None:
+                    return
+            self._advance_flush()
+
+    def _sync_loop(self) -> None:
+        """Sync thread: ``fsync`` the data, then the counts, then acknowledge."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._syncs))
+                flight = self._syncs.popleft()
+            if flight is None:
+                return
+            try:
+                self.file.sync()
+            except Exception as e:
+                self._fail(e)
+                continue
+            if flight.stage == "data":
+                with self._cond:
+                    flight.stage = "publish"
+                    self._cond.notify_all()
+                continue
+            self.last_flush_seconds = time.monotonic() - flight.started
+            self._durable = list(flight.ticket.frames)
+            if self._on_flush is not None:
+                self._guarded(self._on_flush, list(self._durable), flight.tag)
+            with self._cond:
+                self._in_flight = None
+                self._cond.notify_all()
 
     def _guarded(self, action: Callable[..., None], *args: object) -> None:
         """Run ``action``; on failure record the error. Flush markers always complete."""
@@ -287,7 +382,7 @@ class BackgroundWriter:
         return self.flush_bytes is not None and self._unflushed_bytes >= self.flush_bytes
 
     def _flush_due_in(self) -> float | None:
-        if self._unflushed_since is None or self._error:
+        if self._unflushed_since is None or self._error or self._in_flight is not None:
             return None
         if self._over_flush_bytes():
             return 0.0
@@ -298,7 +393,7 @@ class BackgroundWriter:
     def _process(self, item: _Block | _Flush) -> None:
         if isinstance(item, _Flush):
             self._write_all()
-            self._flush_file(force=True)
+            self._flush_now()
             return
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
@@ -347,15 +442,3 @@ class BackgroundWriter:
     def _write_all(self) -> None:
         for group in range(len(self._buffers)):
             self._write_buffer(group)
-
-    def _flush_file(self, *, force: bool = False) -> None:
-        if self._unflushed_since is None and not force:
-            return
-        started = time.monotonic()
-        self.file.flush()
-        self.last_flush_seconds = time.monotonic() - started
-        self._unflushed_since = None
-        self._unflushed_bytes = 0
-        self._durable = self.file.frames
-        if self._on_flush is not None:
-            self._on_flush(list(self._durable), self._last_tag)

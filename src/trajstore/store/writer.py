@@ -25,7 +25,7 @@ from trajstore.store import layout
 from trajstore.store.space import check_room
 from trajstore.store.stored import encode_stored
 
-__all__ = ["Hdf5ObjWriter", "OpenMode", "RunFileWriter", "copy_frames"]
+__all__ = ["FlushTicket", "Hdf5ObjWriter", "OpenMode", "RunFileWriter", "copy_frames"]
 
 #: ``create``: the file must not exist; ``overwrite``: replace it;
 #: ``append``: resume it (the schema must match).
@@ -126,10 +126,20 @@ class Hdf5ObjWriter:
         self.frames = stop
 
 
+@dataclass(frozen=True)
+class FlushTicket:
+    """What a flush makes durable: frames per group when it began, and what to publish."""
+
+    frames: tuple[int, ...]
+    dirty: frozenset[int]  # groups whose counts changed
+    actual_steps: int
+
+
 class RunFileWriter:
     """One run file open for writing, in SWMR mode so readers can follow it.
 
-    Not thread-safe: one thread (normally a :class:`BackgroundWriter`) drives it.
+    Not thread-safe: one thread (normally a :class:`BackgroundWriter`) drives
+    it; only :meth:`sync` may be called from another.
     """
 
     def __init__(self, path: str | os.PathLike[str], spec: RunSpec, *, mode: OpenMode = "create"):
@@ -145,6 +155,8 @@ class RunFileWriter:
         except OSError as e:
             raise StorageError(f"cannot open {self.path} for writing: {e}") from e
         self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
+        handle = self._file.id.get_vfd_handle()
+        self._fd: int | None = handle if isinstance(handle, int) else None
 
     def _open(self, mode: OpenMode) -> tuple[h5py.File, list[Hdf5ObjWriter]]:
         if mode == "append":
@@ -226,25 +238,49 @@ class RunFileWriter:
         Data goes to disk (flushed by HDF5 and fsync'ed) before the counts that
         make it visible, so a reader that trusts ``frames`` never sees a frame
         that is not there, and frames counted survive a crash of the process
-        or of the machine.
+        or of the machine. The same steps, split so that the ``fsync`` calls
+        can run on another thread while this one goes on writing:
+        :meth:`begin_flush`, :meth:`sync`, :meth:`publish`, :meth:`sync`.
         """
+        ticket = self.begin_flush()
+        self.sync()
+        self.publish(ticket)
+        self.sync()
+
+    def begin_flush(self) -> FlushTicket:
+        """Hand everything written so far to the OS; note what the next publish counts."""
         try:
             self._file.flush()
-            self._sync()
-            for i in sorted(self._dirty):
-                group = self.groups[i]
-                self._file[group.spec.name].attrs[layout.ATTR_FRAMES] = np.int64(group.frames)
-            self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(self._actual_steps)
-            self._file.flush()
-            self._sync()
         except OSError as e:
             raise StorageError(f"flushing {self.path} failed: {e}") from e
+        ticket = FlushTicket(tuple(self.frames), frozenset(self._dirty), self._actual_steps)
         self._dirty.clear()
+        return ticket
 
-    def _sync(self) -> None:
-        handle = self._file.id.get_vfd_handle()
-        if isinstance(handle, int):
-            os.fsync(handle)
+    def sync(self) -> None:
+        """``fsync`` the file: what HDF5 handed to the OS is on disk. Safe from any thread."""
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise StorageError(f"flushing {self.path} failed: {e}") from e
+
+    def publish(self, ticket: FlushTicket) -> None:
+        """Write the counts of ``ticket`` (its data synced) and hand them to the OS.
+
+        A group rewound since the ticket was taken publishes no more frames
+        than it now holds.
+        """
+        try:
+            for i in sorted(ticket.dirty):
+                group = self.groups[i]
+                frames = min(ticket.frames[i], group.frames)
+                self._file[group.spec.name].attrs[layout.ATTR_FRAMES] = np.int64(frames)
+            self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(ticket.actual_steps)
+            self._file.flush()
+        except OSError as e:
+            raise StorageError(f"flushing {self.path} failed: {e}") from e
 
     def close(self) -> None:
         """Flush and close the file."""
