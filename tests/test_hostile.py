@@ -32,6 +32,7 @@ UNARY = [
     "/trajstore.v1.IngestService/CloseRun",
     "/trajstore.v1.QueryService/ListRuns",
     "/trajstore.v1.QueryService/DescribeRun",
+    "/trajstore.v1.QueryService/Fetch",
 ]
 SERVER_STREAMING = ["/trajstore.v1.QueryService/Read", "/trajstore.v1.QueryService/Follow"]
 #: Codes a well-behaved store answers bad input with (never INTERNAL or UNKNOWN).
@@ -190,6 +191,10 @@ def test_random_reads_get_typed_errors(hostile_store, run, group, leaf_ids, inde
                 pass
         except grpc.RpcError as e:
             assert e.code() in TYPED, (e.code(), e.details())
+    try:
+        stub.Fetch(qpb.FetchRequest(read=read), timeout=30)
+    except grpc.RpcError as e:
+        assert e.code() in TYPED, (e.code(), e.details())
     assert_serving(hostile_store)
 
 

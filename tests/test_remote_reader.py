@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from test_remote_writer import assert_same_file
-from trajstore import HDF5StorageReader, RemoteStorageWriter, connect
+from trajstore import (
+    EveryNStep,
+    HDF5StorageReader,
+    RemoteStorageWriter,
+    WriterGroupConfig,
+    connect,
+    view,
+)
 from trajstore import errors as E
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.indexing import plan_index
@@ -14,6 +21,7 @@ from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
 
 from helpers import advance, md_config, md_state
+from servers import start_store
 
 
 def write(store, run, steps=20, **kwargs):
@@ -129,3 +137,46 @@ def test_server_reads_in_bounded_pieces(tmp_path):
         assert all(p.nbytes <= max(10_000, 4000) for p in pieces)
         np.testing.assert_array_equal(np.concatenate(pieces), data[index])
     reader.close()
+
+
+def test_one_frame_is_one_fetch_and_a_frame_too_big_for_a_message_streams(tmp_path):
+    store = start_store(tmp_path / "data", "--max-message-bytes", str(64 << 10))
+    try:
+        first = {"x": np.arange(40_000, dtype=np.float32).reshape(200, 200)}  # 160 kB frames
+        config = {"x": WriterGroupConfig(view(lambda s: s["x"]), EveryNStep(1))}
+        with RemoteStorageWriter(
+            store.address, "big", config, first, 3, compile_views=False
+        ) as log:
+            for step in range(3):
+                log.log({"x": first["x"] + step}, step)
+        write(store, "small")
+        used = []
+        with connect(store.address) as client:
+            with client.open_run("small") as reader:
+                stub = reader.calls.stub
+                for name in ("Fetch", "Read"):
+                    setattr(stub, name, spy(getattr(stub, name), name, used))
+                traj = reader.focus_group("group['traj']")
+                last = traj.read(-1)
+                assert used == ["Fetch"]
+                last["pos"][0, 0] = -1  # results are writable, like local ones
+                used.clear()
+                traj.read(slice(0, 2))
+                assert used == ["Read"]
+            with client.open_run("big") as reader:
+                x = reader.focus_group("group['x']").read(2)  # Fetch refused, then Read
+        np.testing.assert_array_equal(x, first["x"] + 2)
+    finally:
+        assert store.stop() == 0
+    with HDF5StorageReader(store.run_file("small")) as local:
+        expected = local.focus_group("group['traj']")[-1]
+    np.testing.assert_array_equal(last["vel"], expected["vel"])
+    np.testing.assert_array_equal(last["pos"][1:], expected["pos"][1:])
+
+
+def spy(method, name, used):
+    def call(request, **kwargs):
+        used.append(name)
+        return method(request, **kwargs)
+
+    return call

@@ -15,13 +15,16 @@ import numpy as np
 
 from trajstore import wire
 from trajstore.client.channel import call_metadata, open_channel
-from trajstore.errors import NotOpenError
+from trajstore.errors import NotOpenError, ResourceExhaustedError
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec, RunSpec
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
 
 __all__ = ["Client", "RemoteGroupReader", "RemoteStorageReader", "RunInfo", "connect"]
+
+#: Reads of one frame up to this size go in one Fetch round trip instead of a Read stream.
+FETCH_BYTES = 4 << 20
 
 T = TypeVar("T")
 
@@ -112,6 +115,14 @@ def _assemble(
     return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
 
 
+def _unpack(response: qpb.FetchResponse, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
+    arrays = []
+    for result, data, dtype in zip(response.results, response.data, dtypes, strict=True):
+        array = np.frombuffer(data, dtype).reshape(tuple(result.shape)).copy()  # writable
+        arrays.append(array[()] if result.scalar else array)
+    return arrays
+
+
 class _RemoteLeaves:
     """:class:`~trajstore.reading.LeafSource` for one group of a run on the store."""
 
@@ -133,10 +144,26 @@ class _RemoteLeaves:
             index=components,
             index_is_tuple=is_tuple,
         )
+        dtypes = [self.spec.leaves[i].np_dtype for i in leaves]
+        if self._fits_one_message(leaves, index):
+            try:
+                fetched = calls.unary(calls.stub.Fetch, qpb.FetchRequest(read=request))
+            except ResourceExhaustedError:
+                pass  # more than this store's messages hold: stream it
+            else:
+                return _unpack(fetched, dtypes)
         responses = calls.stream(calls.stub.Read, request)
         first = next(responses)
-        dtypes = [self.spec.leaves[i].np_dtype for i in leaves]
         return _assemble(first.results, dtypes, responses)
+
+    def _fits_one_message(self, leaves: Sequence[int], index: Any) -> bool:
+        """Whether the result is at most one frame of small leaves: one Fetch round trip."""
+        first = index[0] if isinstance(index, tuple) and index else index
+        single = not self.spec.time_axis or (
+            isinstance(first, int | np.integer) and not isinstance(first, bool)
+        )
+        nbytes = sum(self.spec.leaves[i].frame_nbytes for i in leaves)
+        return single and nbytes <= FETCH_BYTES
 
 
 class RemoteGroupReader(GroupReader[Any]):

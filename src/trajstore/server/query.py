@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from trajstore import errors, wire
 from trajstore.server.ingest import abort_with, typed_errors
@@ -166,6 +168,36 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                         offset += piece.nbytes
         except Exception as e:
             abort_with(context, e)
+
+    @typed_errors
+    def Fetch(  # noqa: N802 (gRPC method name)
+        self, request: qpb.FetchRequest, context: grpc.ServicerContext
+    ) -> qpb.FetchResponse:
+        """``array[index]`` of chosen leaves in one message (a frame, a few frames)."""
+        if self.registry.metrics is not None:
+            self.registry.metrics.read_requests.inc()
+        read = request.read
+        index = wire.index_from_proto(read.index, read.index_is_tuple)
+        with self.files.reading(read.run) as reader:
+            group = reader.group_index(read.group)
+            frames = self._group_frames(reader, read.run, group)
+            leaves = self._leaves(reader, group, read.leaves)
+            plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
+            specs = reader.spec.groups[group].leaves
+            total = sum(
+                math.prod(plan.shape) * specs[leaf].np_dtype.itemsize
+                for plan, leaf in zip(plans, leaves, strict=True)
+            )
+            if total > self.part_bytes:
+                raise errors.ResourceExhaustedError(
+                    f"{total} bytes do not fit one message ({self.part_bytes}): use Read"
+                )
+            arrays = reader.read(group, leaves, index, frames=frames)
+        self._count_read(total)
+        return qpb.FetchResponse(
+            results=[qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans],
+            data=[np.ascontiguousarray(array).tobytes() for array in arrays],
+        )
 
     def Follow(  # noqa: N802 (gRPC method name)
         self, request: qpb.FollowRequest, context: grpc.ServicerContext

@@ -125,6 +125,20 @@ class ReadResponse(_message.Message):
     data: bytes
     def __init__(self, results: _Optional[_Iterable[_Union[LeafResult, _Mapping]]] = ..., leaf: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class FetchRequest(_message.Message):
+    __slots__ = ("read",)
+    READ_FIELD_NUMBER: _ClassVar[int]
+    read: ReadRequest
+    def __init__(self, read: _Optional[_Union[ReadRequest, _Mapping]] = ...) -> None: ...
+
+class FetchResponse(_message.Message):
+    __slots__ = ("results", "data")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[LeafResult]
+    data: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, results: _Optional[_Iterable[_Union[LeafResult, _Mapping]]] = ..., data: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class FollowRequest(_message.Message):
     __slots__ = ("run", "group", "leaves", "start")
     RUN_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class QueryServiceStub:
                 request_serializer=trajstore_dot_v1_dot_query__pb2.ReadRequest.SerializeToString,
                 response_deserializer=trajstore_dot_v1_dot_query__pb2.ReadResponse.FromString,
                 _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/trajstore.v1.QueryService/Fetch',
+                request_serializer=trajstore_dot_v1_dot_query__pb2.FetchRequest.SerializeToString,
+                response_deserializer=trajstore_dot_v1_dot_query__pb2.FetchResponse.FromString,
+                _registered_method=True)
         self.Follow = channel.unary_stream(
                 '/trajstore.v1.QueryService/Follow',
                 request_serializer=trajstore_dot_v1_dot_query__pb2.FollowRequest.SerializeToString,
@@ -77,6 +82,12 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Follow(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,6 +111,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Read,
                     request_deserializer=trajstore_dot_v1_dot_query__pb2.ReadRequest.FromString,
                     response_serializer=trajstore_dot_v1_dot_query__pb2.ReadResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=trajstore_dot_v1_dot_query__pb2.FetchRequest.FromString,
+                    response_serializer=trajstore_dot_v1_dot_query__pb2.FetchResponse.SerializeToString,
             ),
             'Follow': grpc.unary_stream_rpc_method_handler(
                     servicer.Follow,
@@ -188,6 +204,33 @@ class QueryService:
             '/trajstore.v1.QueryService/Read',
             trajstore_dot_v1_dot_query__pb2.ReadRequest.SerializeToString,
             trajstore_dot_v1_dot_query__pb2.ReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trajstore.v1.QueryService/Fetch',
+            trajstore_dot_v1_dot_query__pb2.FetchRequest.SerializeToString,
+            trajstore_dot_v1_dot_query__pb2.FetchResponse.FromString,
             options,
             channel_credentials,
             insecure,
