@@ -80,6 +80,14 @@ def main() -> None:
     help="Flush a run also once this many bytes arrived since its last flush.",
 )
 @click.option(
+    "--compress-threads",
+    envvar="TRAJSTORE_COMPRESS_THREADS",
+    type=click.IntRange(min=1),
+    default=None,
+    show_envvar=True,
+    help="Threads compressing chunks of compressed groups [default: one per CPU].",
+)
+@click.option(
     "--lease-seconds",
     envvar="TRAJSTORE_LEASE_SECONDS",
     type=float,
@@ -209,6 +217,7 @@ def serve(
     listen: str,
     flush_interval: float,
     flush_bytes: int,
+    compress_threads: int | None,
     lease_seconds: float,
     max_message_bytes: int,
     max_frame_bytes: int,
@@ -245,6 +254,7 @@ def serve(
         limits=limits,
         flush_interval=flush_interval,
         flush_bytes=flush_bytes,
+        compress_threads=compress_threads,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
         metrics_listen=metrics_listen,

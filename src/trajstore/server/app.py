@@ -149,6 +149,7 @@ def serve(
     limits: Limits | None = None,
     flush_interval: float = 0.2,
     flush_bytes: int = 16 << 20,
+    compress_threads: int | None = None,
     lease_seconds: float = 60.0,
     max_workers: int = 64,
     metrics_listen: str | None = None,
@@ -165,6 +166,7 @@ def serve(
         limits: Per-caller limits (default: :class:`Limits`).
         flush_interval: Seconds between background flushes (and acknowledgements).
         flush_bytes: Flush a run also once this many bytes arrived since its last flush.
+        compress_threads: Threads compressing chunks (default: one per CPU).
         lease_seconds: A writer session idle this long is released.
         max_workers: Threads serving RPCs.
         metrics_listen: ``host:port`` for a Prometheus ``/metrics`` endpoint.
@@ -183,6 +185,7 @@ def serve(
         limits=limits or Limits(),
         flush_interval=flush_interval,
         flush_bytes=flush_bytes,
+        compress_threads=compress_threads or os.cpu_count() or 1,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
         metrics_listen=metrics_listen,

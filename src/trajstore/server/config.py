@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,8 @@ class ServerConfig:
             its last flush (so a writer's bounded window of unacknowledged
             data keeps moving).
         lease_seconds: A writer session idle this long is released.
+        compress_threads: Threads compressing whole chunks of compressed
+            groups, shared by every run (default: one per CPU).
         max_workers: Threads serving RPCs (each open stream holds one).
         metrics_listen: ``host:port`` for the Prometheus ``/metrics`` endpoint
             (``None``: no endpoint).
@@ -66,6 +69,7 @@ class ServerConfig:
     flush_interval: float = 0.2
     flush_bytes: int = 16 << 20
     lease_seconds: float = 60.0
+    compress_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_workers: int = 64
     metrics_listen: str | None = None
     tokens: Tokens = field(default_factory=lambda: Tokens({}))

@@ -9,6 +9,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,10 @@ class RunRegistry:
         self._by_run: dict[str, WriterSession] = {}
         self._by_id: dict[str, WriterSession] = {}
         self._opening: set[str] = set()
+        # Every run's whole chunks are compressed on these threads (store/stored.py).
+        self._chunk_pool = ThreadPoolExecutor(
+            max_workers=config.compress_threads, thread_name_prefix="trajstore-compress"
+        )
 
     def open(self, run: str, mode: OpenMode, spec: RunSpec, *, takeover: str = "") -> WriterSession:
         """Open ``run`` for one writer; :class:`RunLockedError` if another holds it.
@@ -294,7 +299,7 @@ class RunRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.files.writing(run):
-                file = RunFileWriter(path, spec, mode=mode)
+                file = RunFileWriter(path, spec, mode=mode, chunk_pool=self._chunk_pool)
         except RunExistsError:
             raise RunExistsError(
                 f"run {run!r} already exists (open it with mode 'overwrite' or 'append')"
@@ -366,6 +371,7 @@ class RunRegistry:
                 self._forget(session)
         for session in sessions:
             _close_logged(session, "closing at shutdown")
+        self._chunk_pool.shutdown(wait=False)
 
     @property
     def open_runs(self) -> int:

@@ -1,22 +1,36 @@
-"""Encode a chunk through its filter pipeline *without compressing it*.
+"""Encode a chunk through its filter pipeline here rather than in HDF5.
 
-A chunk that is still filling up is rewritten at every flush. Compressed,
-each rewrite has a new size, and HDF5 moves it to new file space without
-ever reclaiming the old: a run flushed often grows far beyond its data.
-Encoded by this module instead, the chunk passes the pipeline's own
-decoders (it is a valid shuffle + deflate/zstd stream, so any HDF5 reader
-reads it), but its size depends only on the chunk's shape, so HDF5
-rewrites it in place. The chunk is compressed for real once it is full.
+Two uses, both written with ``write_direct_chunk`` and read back by any
+HDF5 reader through the pipeline's own decoders (shuffle, deflate, zstd):
+
+- :func:`encode_stored`, *without compressing*: a chunk that is still
+  filling up is rewritten at every flush. Compressed, each rewrite has a new
+  size, and HDF5 moves it to new file space without ever reclaiming the old:
+  a run flushed often grows far beyond its data. Stored, its size depends
+  only on its shape, so HDF5 rewrites it in place. It is compressed for real
+  once it is full.
+- :func:`encode_compressed`: full chunks compressed outside HDF5, whose
+  filters run on one thread under h5py's global lock. zstd (python-zstandard)
+  and zlib release the GIL, so the store compresses a block's chunks on
+  several cores and then only writes them.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 
 import numpy as np
+import zstandard
 
-__all__ = ["FILTER_DEFLATE", "FILTER_SHUFFLE", "FILTER_ZSTD", "encode_stored"]
+__all__ = [
+    "FILTER_DEFLATE",
+    "FILTER_SHUFFLE",
+    "FILTER_ZSTD",
+    "encode_compressed",
+    "encode_stored",
+]
 
 FILTER_DEFLATE = 1
 FILTER_SHUFFLE = 2
@@ -69,6 +83,38 @@ def encode_stored(chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]])
             data = zlib.compress(data, 0)
         elif filter_id == FILTER_ZSTD:
             data = _zstd_raw_frame(data)
+        else:
+            return None
+    return data
+
+
+_compressors = threading.local()  # a ZstdCompressor is not safe to share between threads
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    cache: dict[int, zstandard.ZstdCompressor] = _compressors.__dict__.setdefault("by_level", {})
+    compressor = cache.get(level)
+    if compressor is None:
+        compressor = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return compressor.compress(data)
+
+
+def encode_compressed(
+    chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]]
+) -> bytes | None:
+    """Bytes of ``chunk`` encoded through ``filters``, compressed as HDF5 would.
+
+    Thread-safe; the compression itself runs without the GIL. Returns
+    ``None`` for a pipeline with a filter this module does not know.
+    """
+    data = np.ascontiguousarray(chunk).tobytes()
+    for filter_id, client_data in filters:
+        if filter_id == FILTER_SHUFFLE:
+            data = _shuffle(data, client_data[0] if client_data else chunk.dtype.itemsize)
+        elif filter_id == FILTER_DEFLATE:
+            data = zlib.compress(data, client_data[0] if client_data else 6)
+        elif filter_id == FILTER_ZSTD:
+            data = _zstd_compress(data, client_data[0] if client_data else 3)
         else:
             return None
     return data

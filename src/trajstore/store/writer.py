@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from trajstore.errors import (
 from trajstore.schema import GroupSpec, RunSpec, storage_dtype
 from trajstore.store import layout
 from trajstore.store.space import check_room
-from trajstore.store.stored import encode_stored
+from trajstore.store.stored import encode_compressed, encode_stored
 
 __all__ = ["FlushTicket", "Hdf5ObjWriter", "OpenMode", "RunFileWriter", "copy_frames"]
 
@@ -40,12 +41,24 @@ class Hdf5ObjWriter:
     Writing a block at ``start`` makes the group ``start + count`` frames long:
     frames past it (left by an earlier, longer session) are discarded, which
     is what resuming a run from an earlier checkpoint means.
+
+    Given a ``chunk_pool``, whole chunks of compressed leaves are compressed
+    on its threads (:func:`~trajstore.store.stored.encode_compressed`) and
+    written with ``write_direct_chunk``, instead of through HDF5's filters
+    on this thread.
     """
 
-    def __init__(self, spec: GroupSpec, datasets: Sequence[h5py.Dataset], frames: int) -> None:
+    def __init__(
+        self,
+        spec: GroupSpec,
+        datasets: Sequence[h5py.Dataset],
+        frames: int,
+        chunk_pool: Executor | None = None,
+    ) -> None:
         self.spec = spec
         self.datasets = list(datasets)
         self.frames = frames
+        self._pool = chunk_pool
         self._storage = [storage_dtype(leaf.dtype) for leaf in spec.leaves]
         self._tails = [
             _stored_tail_plan(ds, leaf.frame_nbytes)
@@ -53,7 +66,9 @@ class Hdf5ObjWriter:
         ]
 
     @classmethod
-    def create(cls, parent: h5py.Group, spec: GroupSpec) -> Hdf5ObjWriter:
+    def create(
+        cls, parent: h5py.Group, spec: GroupSpec, chunk_pool: Executor | None = None
+    ) -> Hdf5ObjWriter:
         """Create the HDF5 group and its (empty) datasets for ``spec``."""
         group = parent.create_group(spec.name)
         datasets = []
@@ -65,14 +80,16 @@ class Hdf5ObjWriter:
         group.attrs[layout.ATTR_GROUP_SPEC] = json.dumps(spec.to_json())
         group.attrs[layout.ATTR_PATHS] = json.dumps([leaf.dataset_name for leaf in spec.leaves])
         group.attrs[layout.ATTR_FRAMES] = np.int64(0)
-        return cls(spec, datasets, 0)
+        return cls(spec, datasets, 0, chunk_pool)
 
     @classmethod
-    def open(cls, parent: h5py.Group, spec: GroupSpec) -> Hdf5ObjWriter:
+    def open(
+        cls, parent: h5py.Group, spec: GroupSpec, chunk_pool: Executor | None = None
+    ) -> Hdf5ObjWriter:
         """Bind to the existing group for ``spec`` (to resume a run)."""
         group = parent[spec.name]
         datasets = [group[leaf.dataset_name] for leaf in spec.leaves]
-        return cls(spec, datasets, int(group.attrs[layout.ATTR_FRAMES]))
+        return cls(spec, datasets, int(group.attrs[layout.ATTR_FRAMES]), chunk_pool)
 
     def check_block(self, start: int, count: int, leaves: Sequence[np.ndarray]) -> None:
         """Raise :class:`FrameMismatchError` unless the block fits the schema."""
@@ -108,14 +125,14 @@ class Hdf5ObjWriter:
             tail = self._tails[i]
             if tail is None or stop % tail.frames == 0:
                 if count:
-                    ds[start:stop] = array
+                    self._write_frames(ds, tail, start, array)
                 continue
             # The block ends inside a chunk of many frames, which is rewritten at
             # every flush until it fills up. Stored without compression its size
             # stays the same, so HDF5 rewrites it in place (see store/stored.py).
             tail_start = stop - stop % tail.frames
             if start < tail_start:
-                ds[start:tail_start] = array[: tail_start - start]
+                self._write_frames(ds, tail, start, array[: tail_start - start])
             chunk = np.zeros(tail.shape, self._storage[i])
             if start > tail_start:
                 chunk[: start - tail_start] = ds[tail_start:start]
@@ -124,6 +141,26 @@ class Hdf5ObjWriter:
             encoded = encode_stored(chunk, tail.filters)
             ds.id.write_direct_chunk((tail_start,) + (0,) * (ds.ndim - 1), encoded)
         self.frames = stop
+
+    def _write_frames(
+        self, ds: h5py.Dataset, plan: _StoredTail | None, start: int, array: np.ndarray
+    ) -> None:
+        """``ds[start:start + len(array)] = array``: whole chunks compressed on the pool."""
+        pool = self._pool
+        count = len(array)
+        if pool is None or plan is None or start % plan.frames or count % plan.frames:
+            ds[start : start + count] = array
+            return
+        size = plan.frames
+        filters = plan.filters
+        chunks = [array[j : j + size] for j in range(0, count, size)]
+        encoded = list(pool.map(lambda chunk: encode_compressed(chunk, filters), chunks))
+        if any(data is None for data in encoded):
+            ds[start : start + count] = array
+            return
+        origin = (0,) * (ds.ndim - 1)
+        for j, data in enumerate(encoded):
+            ds.id.write_direct_chunk((start + j * size, *origin), data)
 
 
 @dataclass(frozen=True)
@@ -139,12 +176,22 @@ class RunFileWriter:
     """One run file open for writing, in SWMR mode so readers can follow it.
 
     Not thread-safe: one thread (normally a :class:`BackgroundWriter`) drives
-    it; only :meth:`sync` may be called from another.
+    it; only :meth:`sync` may be called from another. ``chunk_pool``: threads
+    to compress whole chunks on (see :class:`Hdf5ObjWriter`); the store
+    passes one, the local writer leaves the simulation's cores alone.
     """
 
-    def __init__(self, path: str | os.PathLike[str], spec: RunSpec, *, mode: OpenMode = "create"):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        spec: RunSpec,
+        *,
+        mode: OpenMode = "create",
+        chunk_pool: Executor | None = None,
+    ):
         self.path = Path(path)
         self.spec = spec
+        self._chunk_pool = chunk_pool
         self._dirty: set[int] = set()
         try:
             self._file, self.groups = self._open(mode)
@@ -174,7 +221,7 @@ class RunFileWriter:
             file = h5py.File(self.path, "w-" if mode == "create" else "w", libver=layout.LIBVER)
             for key, value in layout.run_attrs(self.spec).items():
                 file.attrs[key] = value
-            groups = [Hdf5ObjWriter.create(file, g) for g in self.spec.groups]
+            groups = [Hdf5ObjWriter.create(file, g, self._chunk_pool) for g in self.spec.groups]
         file.swmr_mode = True
         return file, groups
 
@@ -203,7 +250,7 @@ class RunFileWriter:
             stored = json.loads(file[spec.name].attrs[layout.ATTR_GROUP_SPEC])
             if _layout_key(stored) != _layout_key(spec.to_json()):
                 raise SchemaError(f"cannot append: group {spec.name} has a different schema")
-            groups.append(Hdf5ObjWriter.open(file, spec))
+            groups.append(Hdf5ObjWriter.open(file, spec, self._chunk_pool))
         return groups
 
     @property

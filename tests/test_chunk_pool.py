@@ -1,0 +1,89 @@
+"""Whole chunks compressed on a thread pool read back exactly as HDF5's own filters write them."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import hdf5plugin  # noqa: F401 - registers the zstd filter for the plain h5py reads
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trajstore import Compression
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec
+from trajstore.store.writer import RunFileWriter
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A real pool that counts the chunks it compressed."""
+
+    chunks = 0
+
+    def map(self, fn, *iterables, **kwargs):
+        items = list(iterables[0])
+        CountingPool.chunks += len(items)
+        return super().map(fn, items, **kwargs)
+
+
+POOL = CountingPool(4)
+CHUNK = 24_000  # bytes: 4 frames of pos per chunk
+
+
+def spec(compression):
+    leaves = (LeafSpec("['pos']", "float32", (500, 3)), LeafSpec("['n']", "int64", ()))
+    return RunSpec(groups=(GroupSpec("group['x']", True, leaves, compression=compression),))
+
+
+def frames(start, count):
+    pos = np.arange(start, start + count, dtype=np.float32)[:, None, None] * np.ones((500, 3))
+    return [pos.astype(np.float32), np.arange(start, start + count, dtype=np.int64)]
+
+
+# Blocks as (start, count): in order, with rewinds to any earlier frame.
+blocks = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 40)), min_size=1, max_size=8)
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [
+        Compression("zstd", 3, target_chunk_bytes=CHUNK),
+        Compression("gzip", 4, shuffle=False, target_chunk_bytes=CHUNK),
+        Compression("zstd", 1, shuffle=False, target_chunk_bytes=CHUNK),
+    ],
+    ids=["zstd-shuffle", "gzip", "zstd"],
+)
+@settings(max_examples=25, deadline=None)
+@given(plan=blocks)
+def test_pool_and_hdf5_filters_write_the_same_frames(tmp_path_factory, compression, plan):
+    root = tmp_path_factory.mktemp("pool")
+    written = []
+    for name, pool in (("filters.h5", None), ("pool.h5", POOL)):
+        writer = RunFileWriter(root / name, spec(compression), chunk_pool=pool)
+        length = 0
+        for start, count in plan:
+            start = min(start, length)  # no gaps: a rewind or the next frames
+            writer.write_block(0, start, count, frames(start, count))
+            length = start + count
+        writer.close()
+        written.append(length)
+    with h5py.File(root / "filters.h5", "r") as a, h5py.File(root / "pool.h5", "r") as b:
+        for leaf in ("array['pos']", "array['n']"):
+            expected = a["group['x']"][leaf][:]
+            np.testing.assert_array_equal(b["group['x']"][leaf][:], expected)
+        n = b["group['x']"]["array['n']"][:]
+        np.testing.assert_array_equal(n, np.arange(written[1]))
+
+
+def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
+    before = CountingPool.chunks
+    writer = RunFileWriter(
+        tmp_path / "r.h5", spec(Compression(target_chunk_bytes=CHUNK)), chunk_pool=POOL
+    )
+    writer.write_block(0, 0, 16, frames(0, 16))
+    writer.close()
+    assert CountingPool.chunks - before >= 4  # pos: four chunks of four frames
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["group['x']"]["array['pos']"].chunks[0] == 4
+        np.testing.assert_array_equal(f["group['x']"]["array['pos']"][:], frames(0, 16)[0])
