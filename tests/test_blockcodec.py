@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from trajstore.blockcodec import (
     OutgoingPart,
     decode_write_request,
-    encode_write_request,
+    decoder,
+    encode_message,
     split_views,
 )
 from trajstore.v1 import ingest_pb2 as pb
+from trajstore.v1 import query_pb2 as qpb
 
 u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)
@@ -49,7 +51,7 @@ def test_parts_encode_like_the_generated_class(header, arrays, part_bytes):
         expected = pb.WriteRequest()
         expected.CopyFrom(header)
         expected.data = data
-        encoded = encode_write_request(OutgoingPart(header, views))
+        encoded = encode_message(OutgoingPart(header, views))
         assert pb.WriteRequest.FromString(encoded) == expected
         assert encoded == expected.SerializeToString()
     assert joined == payload
@@ -110,3 +112,29 @@ def test_a_repeated_data_field_keeps_protobufs_last_one_wins():
     )
     incoming = decode_write_request(raw)
     assert bytes(incoming.data) == b"second" and incoming.fields.block == 3
+
+
+follow_headers = st.builds(
+    qpb.FollowResponse,
+    start=i64,
+    count=u32,
+    leaf=u32,
+    offset=u64,
+    total_bytes=u64,  # a field after data
+)
+read_headers = st.builds(qpb.ReadResponse, leaf=u32, offset=u64)
+
+
+@settings(max_examples=100)
+@given(header=st.one_of(follow_headers, read_headers), data=st.binary(max_size=300))
+def test_read_and_follow_parts_round_trip_like_protobuf(header, data):
+    expected = type(header)()
+    expected.CopyFrom(header)
+    expected.data = data
+    views = [memoryview(data[:7]), memoryview(data[7:])]
+    encoded = encode_message(OutgoingPart(header, views))
+    assert encoded == expected.SerializeToString()
+    incoming = decoder(type(header))(encoded)
+    assert bytes(incoming.data) == data
+    incoming.fields.data = data
+    assert incoming.fields == expected

@@ -84,13 +84,13 @@ def test_select_asks_only_for_the_selected_leaves(store):
     with connect(store.address) as client, client.open_run("proj/s") as reader:
         calls = reader.calls
         asked = []
-        original = calls.stub.Read
+        original = calls.read
 
         def spy(request, **kwargs):
             asked.append(list(request.leaves))
             return original(request, **kwargs)
 
-        calls.stub.Read = spy
+        calls.read = spy
         traj = reader.focus_group("group['traj']")
         pos = traj.read(slice(2, 4), select=lambda s: s["pos"])
         vel_follow = list(traj.follow(start=18, select=lambda s: s["vel"]))
@@ -153,9 +153,9 @@ def test_one_frame_is_one_fetch_and_a_frame_too_big_for_a_message_streams(tmp_pa
         used = []
         with connect(store.address) as client:
             with client.open_run("small") as reader:
-                stub = reader.calls.stub
-                for name in ("Fetch", "Read"):
-                    setattr(stub, name, spy(getattr(stub, name), name, used))
+                calls = reader.calls
+                calls.stub.Fetch = spy(calls.stub.Fetch, "Fetch", used)
+                calls.read = spy(calls.read, "Read", used)
                 traj = reader.focus_group("group['traj']")
                 last = traj.read(-1)
                 assert used == ["Fetch"]

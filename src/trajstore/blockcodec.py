@@ -1,4 +1,4 @@
-"""The hot path of the wire: WriteRequest parts encoded without extra copies.
+"""The hot paths of the wire: block and read parts without extra copies.
 
 A block's payload is every leaf's frames, concatenated. Built the obvious
 way it is copied four times on the client (stacked per leaf, joined into a
@@ -15,36 +15,52 @@ the other fields are serialised by protobuf itself, and the ``data`` field
 On the store, :func:`decode_write_request` likewise hands the payload on as
 a view of the received message instead of two copies (protobuf's parse and
 its ``bytes`` attribute), leaving every other field to protobuf's parser.
+Reads go the other way with the same two pieces: the store sends views of
+what it read from HDF5 (:func:`encode_message`), the client assembles
+results from views of the received messages (:func:`query_stream`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from trajstore.v1 import ingest_pb2 as pb
+from trajstore.v1 import query_pb2 as qpb
 
 __all__ = [
-    "IncomingWrite",
+    "IncomingPart",
     "OutgoingPart",
     "decode_write_request",
-    "encode_write_request",
+    "decoder",
+    "encode_message",
+    "query_stream",
     "split_views",
     "write_method",
 ]
 
-_DATA_TAG = bytes([(pb.WriteRequest.DATA_FIELD_NUMBER << 3) | 2])  # length-delimited
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
 class OutgoingPart:
-    """A WriteRequest whose ``data`` is the concatenation of ``views``."""
+    """A message whose ``data`` field is the concatenation of ``views``."""
 
-    header: pb.WriteRequest  # every field but data
+    header: Message  # every field but data
     views: Sequence[memoryview]
+
+
+@dataclass(frozen=True)
+class IncomingPart(Generic[M]):
+    """A received message: its ``data`` a view of the received bytes."""
+
+    fields: M  # every field but data
+    data: memoryview
 
 
 def split_views(
@@ -87,24 +103,26 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def encode_write_request(message: pb.WriteRequest | OutgoingPart) -> bytes:
-    """Serialise a WriteRequest; an :class:`OutgoingPart` with a single copy of its data."""
-    if isinstance(message, pb.WriteRequest):
+def encode_message(message: Message | OutgoingPart) -> bytes:
+    """Serialise a message; an :class:`OutgoingPart` with a single copy of its data."""
+    if not isinstance(message, OutgoingPart):
         return message.SerializeToString()
     size = sum(len(v) for v in message.views)
     header = message.header
     if not size:
         return header.SerializeToString()
-    # Fields in number order, as protobuf writes them: 1-7, data (8), then 9 and 10.
-    after = pb.WriteRequest(actual_steps=header.actual_steps, flush=header.flush)
-    before = pb.WriteRequest()
-    before.CopyFrom(header)
-    before.ClearField("actual_steps")
-    before.ClearField("flush")
+    # Fields in number order, as protobuf writes them: those before data, data, the rest.
+    number = header.DESCRIPTOR.fields_by_name["data"].number
+    before = type(header)()
+    after = type(header)()
+    for field, value in header.ListFields():
+        target = before if field.number < number else after
+        if field.number != number:
+            target.MergeFrom(type(header)(**{field.name: value}))
     return b"".join(
         [
             before.SerializeToString(),
-            _DATA_TAG,
+            bytes([(number << 3) | 2]),  # length-delimited
             _varint(size),
             *message.views,
             after.SerializeToString(),
@@ -112,38 +130,39 @@ def encode_write_request(message: pb.WriteRequest | OutgoingPart) -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class IncomingWrite:
-    """A received WriteRequest: its ``data`` a view of the received bytes."""
-
-    fields: pb.WriteRequest  # every field but data
-    data: memoryview
-
-
-def decode_write_request(message: bytes) -> IncomingWrite:
-    """Parse a WriteRequest without copying its ``data``.
+def decoder(message_class: type[M]) -> Callable[[bytes], IncomingPart[M]]:
+    """A deserializer for ``message_class`` that leaves its ``data`` field uncopied.
 
     The top-level fields are scanned; every field but ``data`` is handed to
     protobuf's own parser, which validates them. Anything the scan does not
     take (groups, a malformed or repeated field) is left to protobuf entirely,
     so the outcome -- the fields, or a ``DecodeError`` -- is always protobuf's.
     """
-    view = memoryview(message)
-    found = _find_data(view)
-    if found is None:
-        parsed = pb.WriteRequest.FromString(message)
-        data = memoryview(parsed.data)
-        parsed.ClearField("data")
-        return IncomingWrite(parsed, data)
-    if not found:
-        return IncomingWrite(pb.WriteRequest.FromString(message), memoryview(b""))
-    key, start, stop = found
-    rest = b"".join([view[:key], view[stop:]])
-    return IncomingWrite(pb.WriteRequest.FromString(rest), view[start:stop])
+    number = message_class.DESCRIPTOR.fields_by_name["data"].number
+
+    def decode(message: bytes) -> IncomingPart[M]:
+        view = memoryview(message)
+        found = _find_data(view, number)
+        if found is None:
+            parsed = message_class.FromString(message)
+            data = memoryview(parsed.data)  # type: ignore[attr-defined]
+            parsed.ClearField("data")
+            return IncomingPart(parsed, data)
+        if not found:
+            return IncomingPart(message_class.FromString(message), memoryview(b""))
+        key, start, stop = found
+        rest = b"".join([view[:key], view[stop:]])
+        return IncomingPart(message_class.FromString(rest), view[start:stop])
+
+    return decode
 
 
-def _find_data(view: memoryview) -> tuple[int, ...] | None:
-    """``(key, start, stop)`` of the one ``data`` field; ``()``: none; ``None``: ask protobuf."""
+#: IngestService.Write's requests, as the store receives them.
+decode_write_request = decoder(pb.WriteRequest)
+
+
+def _find_data(view: memoryview, number: int) -> tuple[int, ...] | None:
+    """``(key, start, stop)`` of the one field ``number``; ``()``: none; ``None``: ask protobuf."""
     position, end = 0, len(view)
     found: tuple[int, ...] = ()
     while position < end:
@@ -164,7 +183,7 @@ def _find_data(view: memoryview) -> tuple[int, ...] | None:
             length, position = _read_varint(view, position)
             if length is None or position + length > end:
                 return None
-            if key >> 3 == pb.WriteRequest.DATA_FIELD_NUMBER:
+            if key >> 3 == number:
                 if found:
                     return None  # a repeated data field: protobuf's rules apply
                 found = (field_start, position, position + length)
@@ -187,10 +206,27 @@ def _read_varint(view: memoryview, position: int) -> tuple[int | None, int]:
 
 
 def write_method(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
-    """IngestService.Write on ``channel``, sending with :func:`encode_write_request`."""
+    """IngestService.Write on ``channel``, sending with :func:`encode_message`."""
     method = pb.DESCRIPTOR.services_by_name["IngestService"].methods_by_name["Write"]
     return channel.stream_stream(
         f"/{method.containing_service.full_name}/{method.name}",
-        request_serializer=encode_write_request,
+        request_serializer=encode_message,
         response_deserializer=pb.WriteResponse.FromString,
+    )
+
+
+_QUERY_STREAMS: dict[str, tuple[type[Message], type[Message]]] = {
+    "Read": (qpb.ReadRequest, qpb.ReadResponse),
+    "Follow": (qpb.FollowRequest, qpb.FollowResponse),
+}
+
+
+def query_stream(channel: grpc.Channel, name: str) -> grpc.UnaryStreamMultiCallable:
+    """QueryService.Read or .Follow on ``channel``; responses arrive as :class:`IncomingPart`."""
+    request, response = _QUERY_STREAMS[name]
+    method = qpb.DESCRIPTOR.services_by_name["QueryService"].methods_by_name[name]
+    return channel.unary_stream(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=request.SerializeToString,
+        response_deserializer=decoder(response),
     )

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from trajstore import wire
+from trajstore.blockcodec import IncomingPart, query_stream
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.errors import NotOpenError, ResourceExhaustedError
 from trajstore.reading import GroupReader, group_position
@@ -81,6 +82,9 @@ class _Calls:
         self.address = address
         self.channel = open_channel(address, tls_ca)
         self.stub = qpb_grpc.QueryServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        # Read and Follow parts arrive as views of the received messages (blockcodec).
+        self.read = query_stream(self.channel, "Read")
+        self.follow = query_stream(self.channel, "Follow")
         self.metadata = call_metadata(token)
         self.timeout = timeout
 
@@ -105,13 +109,14 @@ class _Calls:
 def _assemble(
     results: Sequence[qpb.LeafResult],
     dtypes: Sequence[np.dtype[Any]],
-    parts: Iterator[qpb.ReadResponse],
+    parts: Iterator[IncomingPart[qpb.ReadResponse]],
 ) -> list[Any]:
     arrays = [np.empty(tuple(r.shape), dtype) for r, dtype in zip(results, dtypes, strict=True)]
     raw = [a.reshape(-1).view(np.uint8) for a in arrays]
     for part in parts:
-        target = raw[part.leaf]
-        target[part.offset : part.offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
+        target = raw[part.fields.leaf]
+        offset = part.fields.offset
+        target[offset : offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
     return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
 
 
@@ -152,9 +157,9 @@ class _RemoteLeaves:
                 pass  # more than this store's messages hold: stream it
             else:
                 return _unpack(fetched, dtypes)
-        responses = calls.stream(calls.stub.Read, request)
+        responses = calls.stream(calls.read, request)
         first = next(responses)
-        return _assemble(first.results, dtypes, responses)
+        return _assemble(first.fields.results, dtypes, responses)
 
     def _fits_one_message(self, leaves: Sequence[int], index: Any) -> bool:
         """Whether the result is at most one frame of small leaves: one Fetch round trip."""
@@ -201,7 +206,8 @@ class RemoteGroupReader(GroupReader[Any]):
         leaves = [self.spec.leaves[i] for i in positions]
         pending: dict[int, np.ndarray] = {}
         batch = (-1, 0)
-        for part in calls.stream(calls.stub.Follow, request, timeout=timeout):
+        for incoming in calls.stream(calls.follow, request, timeout=timeout):
+            part, data = incoming.fields, incoming.data
             if (part.start, part.count) != batch:
                 batch = (part.start, part.count)
                 pending = {}
@@ -210,8 +216,8 @@ class RemoteGroupReader(GroupReader[Any]):
                 leaf = leaves[part.leaf]
                 array = pending[part.leaf] = np.empty((part.count, *leaf.shape), leaf.np_dtype)
             flat = array.reshape(-1).view(np.uint8)
-            flat[part.offset : part.offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
-            last_part = part.offset + len(part.data) == part.total_bytes
+            flat[part.offset : part.offset + len(data)] = np.frombuffer(data, np.uint8)
+            last_part = part.offset + len(data) == part.total_bytes
             if last_part and part.leaf == len(leaves) - 1:  # leaves arrive in order
                 columns = [pending[i] for i in range(len(leaves))]
                 for k in range(part.count):

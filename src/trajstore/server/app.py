@@ -17,11 +17,11 @@ from grpc_reflection.v1alpha import reflection
 from trajstore.server.auth import AuthInterceptor, Tokens
 from trajstore.server.config import Limits, ServerConfig
 from trajstore.server.files import RunFiles
-from trajstore.server.ingest import IngestServicer, add_ingest_service
+from trajstore.server.ingest import IngestServicer
 from trajstore.server.metrics import Metrics, start_metrics_endpoint
 from trajstore.server.query import QueryServicer
+from trajstore.server.services import add_services
 from trajstore.server.sessions import RunRegistry
-from trajstore.v1 import query_pb2_grpc as qpb_grpc
 
 __all__ = ["ServerHandle", "create_server", "serve"]
 
@@ -57,9 +57,10 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
         maximum_concurrent_rpcs=config.max_workers,
         interceptors=[AuthInterceptor(config.tokens)] if config.tokens else [],
     )
-    add_ingest_service(IngestServicer(registry), server)
-    qpb_grpc.add_QueryServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        QueryServicer(registry, part_bytes=config.limits.max_message_bytes), server
+    add_services(
+        server,
+        IngestServicer(registry),
+        QueryServicer(registry, part_bytes=config.limits.max_message_bytes),
     )
     registry.health = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(registry.health, server)

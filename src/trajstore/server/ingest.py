@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from trajstore import errors, wire
-from trajstore.blockcodec import IncomingWrite, decode_write_request
+from trajstore.blockcodec import IncomingPart
 from trajstore.server.sessions import Ack, BlockHeader, RunRegistry, WriterSession
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+
+IncomingWrite = IncomingPart[pb.WriteRequest]
 
 __all__ = ["IngestServicer", "abort_with"]
 
@@ -47,34 +49,6 @@ def typed_errors(method: Callable[..., R]) -> Callable[..., R]:
 
 def _ack_message(ack: Ack) -> pb.WriteResponse:
     return pb.WriteResponse(durable_block=ack.block, durable_frames=list(ack.frames))
-
-
-def add_ingest_service(servicer: IngestServicer, server: grpc.Server) -> None:
-    """Register the ingest service, receiving Write messages with the zero-copy decoder.
-
-    Like the generated ``add_IngestServiceServicer_to_server``, except for
-    Write's request deserializer (see :mod:`trajstore.blockcodec`).
-    """
-    service = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
-    handlers = {
-        "OpenRun": grpc.unary_unary_rpc_method_handler(
-            servicer.OpenRun,
-            request_deserializer=pb.OpenRunRequest.FromString,
-            response_serializer=pb.OpenRunResponse.SerializeToString,
-        ),
-        "Write": grpc.stream_stream_rpc_method_handler(
-            servicer.Write,
-            request_deserializer=decode_write_request,
-            response_serializer=pb.WriteResponse.SerializeToString,
-        ),
-        "CloseRun": grpc.unary_unary_rpc_method_handler(
-            servicer.CloseRun,
-            request_deserializer=pb.CloseRunRequest.FromString,
-            response_serializer=pb.CloseRunResponse.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
 
 
 class IngestServicer(pb_grpc.IngestServiceServicer):
@@ -127,7 +101,9 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=recorded)
 
     def Write(  # noqa: N802 (gRPC method name)
-        self, request_iterator: Iterator[IncomingWrite], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[IncomingWrite],
+        context: grpc.ServicerContext,
     ) -> Iterator[pb.WriteResponse]:
         """Receive blocks; answer with acknowledgements as data becomes durable."""
         try:

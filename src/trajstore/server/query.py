@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from trajstore import errors, wire
+from trajstore.blockcodec import OutgoingPart, split_views
 from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
 from trajstore.server.sessions import RunRegistry, WriterSession
@@ -143,7 +144,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
 
     def Read(  # noqa: N802 (gRPC method name)
         self, request: qpb.ReadRequest, context: grpc.ServicerContext
-    ) -> Iterator[qpb.ReadResponse]:
+    ) -> Iterator[qpb.ReadResponse | OutgoingPart]:
         """``array[index]`` of chosen leaves of a group, streamed in parts."""
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
@@ -162,9 +163,10 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                     for piece in reader.read_chunks(
                         group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
                     ):
-                        for at, data in wire.split_parts([piece], self.part_bytes):
-                            self._count_read(len(data))
-                            yield qpb.ReadResponse(leaf=position, offset=offset + at, data=data)
+                        for at, views in split_views([piece], self.part_bytes):
+                            self._count_read(sum(len(v) for v in views))
+                            header = qpb.ReadResponse(leaf=position, offset=offset + at)
+                            yield OutgoingPart(header, views)
                         offset += piece.nbytes
         except Exception as e:
             abort_with(context, e)
@@ -201,7 +203,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
 
     def Follow(  # noqa: N802 (gRPC method name)
         self, request: qpb.FollowRequest, context: grpc.ServicerContext
-    ) -> Iterator[qpb.FollowResponse]:
+    ) -> Iterator[qpb.FollowResponse | OutgoingPart]:
         """Frames of a group from ``start`` on, as they become durable, until the run closes."""
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
@@ -234,7 +236,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
 
     def _frames_message(
         self, reader: RunFileReader, group: int, leaves: list[int], start: int, stop: int
-    ) -> Iterator[qpb.FollowResponse]:
+    ) -> Iterator[qpb.FollowResponse | OutgoingPart]:
         spec = reader.spec.groups[group]
         frame_bytes = max(sum(spec.leaves[i].frame_nbytes for i in leaves), 1)
         per_batch = max(1, self.read_chunk_bytes // frame_bytes)
@@ -243,13 +245,9 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             pieces = reader.read(group, leaves, slice(first, first + count), frames=stop)
             for position, piece in enumerate(pieces):
                 total = piece.nbytes
-                for at, data in wire.split_parts([piece], self.part_bytes):
-                    self._count_read(len(data))
-                    yield qpb.FollowResponse(
-                        start=first,
-                        count=count,
-                        leaf=position,
-                        offset=at,
-                        data=data,
-                        total_bytes=total,
+                for at, views in split_views([piece], self.part_bytes):
+                    self._count_read(sum(len(v) for v in views))
+                    header = qpb.FollowResponse(
+                        start=first, count=count, leaf=position, offset=at, total_bytes=total
                     )
+                    yield OutgoingPart(header, views)
