@@ -251,6 +251,79 @@ def test_a_writer_killed_while_spilling_loses_nothing_it_journaled(tmp_path):
     assert_every_frame_once(store.run_file("killed/run"), frames)
 
 
+def test_a_journal_that_fills_its_disk_fails_the_writer_and_says_what_it_holds(tmp_path):
+    port = free_port()
+    store = start_store(tmp_path / "data", port=port)
+    journal = tmp_path / "full.journal"
+    # Any file this writer writes stops at 200 kB: its journal runs out of room.
+    process = start_live_writer(
+        store.address,
+        "full/run",
+        100_000,
+        0.001,
+        "--journal",
+        str(journal),
+        "--reconnect-timeout",
+        "1",
+        "--journal-limit",
+        "200000",
+    )
+    try:
+        wait_until(lambda: durable_frames(store.address, "full/run") >= 50)
+        store.stop(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "JournalError" in stderr and "cannot write journal" in stderr
+    assert "could not be written to it" in stderr  # the note is honest about what is lost
+    assert f"trajstore push {journal}" in stderr
+    restarted = start_store(tmp_path / "data", "--lease-seconds", "2", port=port)
+    try:
+        result = push_journal(journal)
+        assert result.frames_sent >= 100
+        assert result.damaged_bytes > 0 and journal.exists()  # torn at the cap: kept
+    finally:
+        assert restarted.stop() == 0
+    with h5py.File(store.run_file("full/run"), "r") as f:
+        frames = int(f["group['x']"].attrs["frames"])
+    assert frames >= 150
+    assert_every_frame_once(store.run_file("full/run"), frames)
+
+
+def test_a_journal_damaged_while_spilled_fails_the_writer_instead_of_hanging(tmp_path):
+    port = free_port()
+    store = start_store(tmp_path / "data", port=port)
+    journal = tmp_path / "rot.journal"
+    log = writer(store.address, "rot/run", journal, max_pending_bytes=64 << 10).__enter__()
+    for step in range(10):
+        log.log(live_state(step), step)
+    log.flush()
+    store.stop(signal.SIGKILL)
+    for step in range(10, 2_000):
+        log.log(live_state(step), step)
+    log.flush()  # all in the journal
+    with journal.open("r+b") as f:  # a bit flips on the scratch disk, mid-journal
+        f.seek(journal.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    restarted = start_store(tmp_path / "data", port=port)
+    try:
+        wait_until(lambda: log.reconnects >= 1)
+        with pytest.raises(E.JournalError, match="damaged") as raised:
+            log.__exit__(None, None, None)  # returns: the stream ends, the threads stop
+        assert any("trajstore push" in note for note in raised.value.__notes__)
+        assert log.journal_left == journal and journal.exists()
+        result = push_journal(journal)  # what the writer had not uploaded, up to the damage
+        assert result.damaged_bytes > 0 and journal.exists()  # kept, for a look
+        frames = durable_frames(restarted.address, "rot/run")
+        assert 10 < frames < 2_000
+    finally:
+        assert restarted.stop() == 0
+    assert_every_frame_once(store.run_file("rot/run"), frames)
+
+
 def test_push_refuses_what_does_not_fit_and_changes_nothing(tmp_path):
     store = start_store(tmp_path / "data", env={"TRAJSTORE_TOKENS": "write:secret-w"})
     try:

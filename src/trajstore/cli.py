@@ -514,7 +514,10 @@ def push(
     wait: float,
     keep: bool,
 ) -> None:
-    """Upload a spill journal a writer left while the store was away, then delete it."""
+    """Upload a spill journal a writer left while the store was away, then delete it.
+
+    A journal with a torn end (its writer was killed mid-record) is kept.
+    """
     from trajstore.client.push import push_journal
 
     result = push_journal(journal, address, token=token, tls_ca=tls_ca, wait=wait, keep=keep)
@@ -523,7 +526,11 @@ def push(
         f"{result.run!r} on {result.address} ({result.blocks_skipped} blocks already there)"
     )
     if result.damaged_bytes:
-        click.echo(f"warning: {result.damaged_bytes} torn bytes at the end were left out", err=True)
+        click.echo(
+            f"warning: {result.damaged_bytes} torn bytes at the end were left out; "
+            f"the journal was kept ({journal})",
+            err=True,
+        )
 
 
 @main.command()

@@ -1,7 +1,9 @@
 """Streams a run whose frame i holds the value i everywhere, at a steady pace.
 
 ``live_writer.py --address A --run R --frames N [--pause S] [--journal PATH
---reconnect-timeout S]``. Readers can check any frame they see: frame i must
+--reconnect-timeout S --journal-limit BYTES]``; ``--journal-limit`` caps the
+size of any file the process writes (``RLIMIT_FSIZE``), so a journal growing
+past it fails as on a full disk. Readers can check any frame they see: frame i must
 be all i, never zeros or a mix.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import signal
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,7 +30,11 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.002)
     parser.add_argument("--journal", default=None)
     parser.add_argument("--reconnect-timeout", type=float, default=300.0)
+    parser.add_argument("--journal-limit", type=int, default=None)
     args = parser.parse_args()
+    if args.journal_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the cap fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.journal_limit, args.journal_limit))
     config = {
         "x": WriterGroupConfig(view(lambda s: {"a": s["a"], "b": s["b"]}), EveryNStep(1)),
     }

@@ -28,6 +28,7 @@ or damaged record ends the readable part: everything before it is intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -82,6 +83,7 @@ class JournalWriter:
 
     def __init__(self, path: str | os.PathLike[str], address: str, open_request: pb.OpenRunRequest):
         self.path = Path(path)
+        self._failed_at: int | None = None
         try:
             self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - kept open for appends
         except FileExistsError:
@@ -135,14 +137,21 @@ class JournalWriter:
 
     def sync(self) -> None:
         """Make everything appended so far durable on disk."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise JournalError(f"cannot sync journal {self.path}: {e}") from None
 
     def close(self) -> None:
         """Sync and close the file, which stays on disk."""
-        if not self._file.closed:
+        if self._file.closed:
+            return
+        try:
             self.sync()
-            self._file.close()
+        finally:
+            with contextlib.suppress(OSError):
+                self._file.close()
 
     def remove(self) -> None:
         """Close and delete the file (everything in it reached the store)."""
@@ -150,6 +159,12 @@ class JournalWriter:
         self.path.unlink(missing_ok=True)
 
     def _append(self, header: dict[str, Any], parts: list[bytes | memoryview]) -> None:
+        if self._failed_at is not None:
+            raise JournalError(
+                f"journal {self.path}: a write failed at byte {self._failed_at}; "
+                f"nothing more is appended after it"
+            )
+        start = self._file.tell()
         encoded = json.dumps(header, separators=(",", ":")).encode()
         length = sum(memoryview(p).nbytes for p in parts)
         crc = zlib.crc32(encoded)
@@ -163,6 +178,8 @@ class JournalWriter:
             self._file.write(_CRC.pack(crc))
             self._file.flush()  # readers of the same file see whole records
         except OSError as e:
+            # A torn record ends what readers see: never append after one.
+            self._failed_at = start
             raise JournalError(f"cannot write journal {self.path}: {e}") from None
 
 

@@ -55,6 +55,9 @@ def push_journal(
 ) -> PushResult:
     """Upload the blocks of a spill journal to its run, in order; then delete it.
 
+    A journal with a damaged or torn end (its writer died mid-record) has
+    every intact record uploaded and is kept, for a look at what follows.
+
     The run is opened in ``append`` mode with the schema the journal
     recorded. Blocks whose frames the store already holds are skipped (a
     writer may have uploaded part of the journal before it stopped); the
@@ -93,11 +96,13 @@ def push_journal(
             result = _send(stub, write, reader, spec, session, plan, metadata, timeout, target)
         finally:
             channel.close()
-    if result.damaged_bytes:
+    if result.damaged_bytes:  # kept: what follows the damage may still be worth a look
         log.warning(
-            "journal %s: %d damaged bytes at its end were not uploaded", path, result.damaged_bytes
+            "journal %s: %d damaged bytes at its end were not uploaded; the journal is kept",
+            path,
+            result.damaged_bytes,
         )
-    if not keep:
+    elif not keep:
         path.unlink()
     return result
 
@@ -140,6 +145,11 @@ class _Plan:
 def _plan(reader: JournalReader, spec: RunSpec, session: Session) -> _Plan:
     """Which blocks to send; checks every block against the run before anything is sent."""
     held = list(session.frames)
+    if len(held) != len(spec.groups):
+        raise JournalError(
+            f"the store reported {len(held)} groups for {reader.run!r}, "
+            f"the journal's schema has {len(spec.groups)}"
+        )
     plan = _Plan([], 0, 0)
     for offset, record in reader.records():
         plan.actual_steps = max(plan.actual_steps, record.actual_steps)

@@ -31,6 +31,7 @@ when the sender closes stays on disk (:attr:`BlockSender.journal_left`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -366,30 +367,50 @@ class BlockSender:
         if self._error is None and self._acked == self._next_block - 1:
             journal.remove()  # the store took everything in it
             return
+        self.journal_left = journal.path
         try:
             if self._error is None:
                 journal.append_end(self.actual_steps)
         finally:
-            journal.close()
-            self.journal_left = journal.path
+            try:
+                journal.close()
+            except JournalError as e:
+                if self._error is None:
+                    raise
+                self._error.add_note(f"closing the journal failed too: {e}")
         if self._error is not None:
-            self._error.add_note(
-                f"blocks not acknowledged are kept in the journal {journal.path}: "
-                f"upload them with `trajstore push {journal.path}`"
-            )
+            self._error.add_note(self._journal_note(journal.path))
+
+    def _journal_note(self, path: Path) -> str:
+        """What a failed sender's journal holds, for the error's notes."""
+        unacked = [b for b in self._blocks if b.number > self._acked]
+        lost = [b for b in unacked if b.journal_offset is None]
+        note = (
+            f"blocks not acknowledged that reached the journal are kept in {path}: "
+            f"upload them with `trajstore push {path}`"
+        )
+        if lost:
+            frames = sum(b.count for b in lost)
+            note += f"; {len(lost)} block(s) ({frames} frames) could not be written to it"
+        return note
 
     def cancel(self) -> None:
-        """Abandon the stream at once (the writer is failing anyway)."""
+        """Abandon the stream at once (the writer is failing anyway); keep any journal."""
         with self._cond:
             self._closed = True
             self._ending = True
             self._inbox.append(_END)
             self._cond.notify_all()
             stream = self._stream
+            journal, self._journal = self._journal, None
         self._stopping.set()
         self._wake.set()
         if stream is not None:
             stream.cancel()
+        if journal is not None:
+            self.journal_left = journal.path
+            with contextlib.suppress(JournalError):
+                journal.close()
 
     def _check_open(self) -> None:
         self.raise_if_failed()
@@ -433,6 +454,8 @@ class BlockSender:
                 due = self._next_send_due()
                 if due is not None and due <= 0:
                     self._seal_all(only_due=True)
+        except TrajstoreError as e:  # e.g. the journal could not be written
+            self._fail(e)
         except Exception as e:  # encoding must never die silently
             self._fail(TrajstoreError(f"encoding frames failed: {e!r}"))
 
@@ -500,10 +523,10 @@ class BlockSender:
                 actual_steps=actual_steps,
             )
             self._next_block += 1
+            self._blocks.append(block)
             if self._spilling and self._journal is not None:
                 self._write_to_journal(self._journal, block)
-            else:
-                self._blocks.append(block)
+                self._blocks.pop()  # the journal has it now
             self._cond.notify_all()
 
     # ------------------------------------------- stream and receiver thread
@@ -528,6 +551,8 @@ class BlockSender:
                 while True:
                     block = self._block_at(cursor)
                     wanted = self._flush_wanted
+                    if self._error is not None:
+                        return  # failed: nothing more will be sent
                     if block is not None or (self._ending and cursor >= self._next_block):
                         break
                     if wanted > flushes_sent:
@@ -573,7 +598,7 @@ class BlockSender:
                 self._run_stream(first_block)
                 return  # the stream ended because we closed it
             except _StreamBrokeError as broke:
-                if self._closed and self._ending and not self._blocks:
+                if self._error is not None or (self._closed and self._ending and not self._blocks):
                     return
                 log.warning("write stream broke (%s); reconnecting", broke)
             except TrajstoreError as e:
@@ -623,6 +648,11 @@ class BlockSender:
         session = None if self._spilling else self._reopen_within(self.reconnect_timeout)
         if session is None:
             open_journal = self._open_journal
+            if open_journal is None and self._stopping.is_set():
+                raise UnavailableError(
+                    "the writer closed while the store was unreachable; "
+                    "frames not yet acknowledged were not stored"
+                )
             if open_journal is None:
                 raise UnavailableError(
                     f"the store stayed unreachable for {self.reconnect_timeout:.0f}s; "
@@ -631,8 +661,8 @@ class BlockSender:
             with self._cond:
                 self._spill(open_journal)
             session = self._reopen_within(None)
-            if session is None:
-                return False
+            if session is None or self._stopping.is_set():
+                return False  # closed first: the journal keeps the rest (its lease runs out)
         with self._cond:
             self._session = session
             self._connected = True
@@ -678,6 +708,7 @@ class BlockSender:
     def _spill(self, open_journal: Callable[[], JournalWriter]) -> None:
         """Move the blocks held in memory to the journal and spill from now on. Lock held."""
         journal = self._journal
+        feeding = journal is not None and self._spilling  # the feeder has not caught up yet
         if journal is None:
             journal = self._journal = open_journal()
             log.warning(
@@ -685,17 +716,21 @@ class BlockSender:
                 self.reconnect_timeout,
                 journal.path,
             )
-        # Blocks read from the journal (they come first) are dropped, to be read again.
+        # Blocks read from the journal (they come first) are dropped, to be read again;
+        # with none held, a feed under way goes on from where it is.
         fed = [b for b in self._blocks if b.journal_offset is not None]
-        first_fed = fed[0].journal_offset if fed else None
-        self._feed_offset = journal.size if first_fed is None else first_fed
+        if fed:
+            self._feed_offset = int(fed[0].journal_offset or 0)
+        elif not feeding:
+            self._feed_offset = journal.size
         self._replay_bytes -= sum(b.nbytes for b in fed)
         self._feed_generation += 1
         self._spilling = True
-        held = [b for b in self._blocks if b.journal_offset is None]
-        self._blocks.clear()
-        for block in held:
-            self._write_to_journal(journal, block)
+        held = deque(b for b in self._blocks if b.journal_offset is None)
+        self._blocks = held
+        while held:  # each block leaves memory only once the journal has it
+            self._write_to_journal(journal, held[0])
+            held.popleft()
         journal.sync()
         self._journal_synced = self._next_block - 1
         if self._feeder is None:
@@ -824,3 +859,6 @@ class BlockSender:
             self._markers = []
             self._ending = True
             self._cond.notify_all()
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()  # the receiver stops waiting for acks that will not come
