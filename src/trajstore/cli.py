@@ -100,7 +100,7 @@ def main() -> None:
     "--max-message-bytes",
     envvar="TRAJSTORE_MAX_MESSAGE_BYTES",
     type=int,
-    default=8 << 20,
+    default=16 << 20,
     show_default=True,
     show_envvar=True,
     help="Largest gRPC message accepted.",

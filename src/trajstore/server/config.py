@@ -27,7 +27,7 @@ class Limits:
         max_open_runs: Runs open for writing at once.
     """
 
-    max_message_bytes: int = 8 << 20
+    max_message_bytes: int = 16 << 20
     max_frame_bytes: int = 4 << 30
     max_groups: int = 256
     max_leaves: int = 4096

@@ -73,7 +73,7 @@ class BlockHeader:
 @dataclass
 class _Assembly:
     header: BlockHeader
-    buffer: bytearray
+    buffer: np.ndarray  # uint8, not zero-filled: every byte is received before it is read
     received: int = 0
 
 
@@ -163,17 +163,17 @@ class WriterSession:
             if offset == 0 and len(data) == header.total_bytes:
                 self._submit(header, data, actual_steps)  # the common case: no copy
                 return
-            assembly = self._assembly = _Assembly(header, bytearray(header.total_bytes))
+            assembly = self._assembly = _Assembly(header, np.empty(header.total_bytes, np.uint8))
         if offset != assembly.received or offset + len(data) > header.total_bytes:
             raise InvalidArgumentError(
                 f"block {header.block}: part at byte {offset} ({len(data)} bytes) does not "
                 f"continue the {assembly.received} bytes received of {header.total_bytes}"
             )
-        assembly.buffer[offset : offset + len(data)] = data
+        assembly.buffer[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
         assembly.received += len(data)
         if assembly.received == header.total_bytes:
             self._assembly = None
-            self._submit(header, assembly.buffer, actual_steps)
+            self._submit(header, assembly.buffer.data, actual_steps)
 
     def _check_header(self, header: BlockHeader) -> None:
         groups = self.spec.groups
