@@ -249,6 +249,7 @@ class BlockSender:
         self._feeder: threading.Thread | None = None
         self._replay_bytes = 0
         self._journal_synced = 0
+        self._unjournaled: list[_Block] = []  # blocks a failed journal write lost
         #: The journal left on disk by :meth:`close` (the store did not take all of it).
         self.journal_left: Path | None = None
         self._encoder = threading.Thread(
@@ -383,15 +384,21 @@ class BlockSender:
 
     def _journal_note(self, path: Path) -> str:
         """What a failed sender's journal holds, for the error's notes."""
-        unacked = [b for b in self._blocks if b.number > self._acked]
-        lost = [b for b in unacked if b.journal_offset is None]
+        lost = [
+            b
+            for b in (*self._blocks, *self._unjournaled)
+            if b.number > self._acked and b.journal_offset is None
+        ]
         note = (
             f"blocks not acknowledged that reached the journal are kept in {path}: "
             f"upload them with `trajstore push {path}`"
         )
         if lost:
             frames = sum(b.count for b in lost)
-            note += f"; {len(lost)} block(s) ({frames} frames) could not be written to it"
+            note += (
+                f"; {len(lost)} block(s) ({frames} frames) held in memory could not be "
+                f"written to it and are in neither the store nor the journal"
+            )
         return note
 
     def cancel(self) -> None:
@@ -523,10 +530,14 @@ class BlockSender:
                 actual_steps=actual_steps,
             )
             self._next_block += 1
-            self._blocks.append(block)
             if self._spilling and self._journal is not None:
-                self._write_to_journal(self._journal, block)
-                self._blocks.pop()  # the journal has it now
+                try:
+                    self._write_to_journal(self._journal, block)
+                except JournalError:
+                    self._unjournaled.append(block)  # for the error's note
+                    raise
+            else:
+                self._blocks.append(block)
             self._cond.notify_all()
 
     # ------------------------------------------- stream and receiver thread
