@@ -448,6 +448,8 @@ class BlockSender:
                         with self._cond:
                             item.target = self._next_block - 1
                             if self._spilling and self._journal is not None:
+                                # Under the lock: a flush while the store is away waits
+                                # for the disk, and so may a log() meanwhile.
                                 self._journal.sync()
                                 self._journal_synced = item.target
                             self._flush_wanted += 1
