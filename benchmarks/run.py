@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -261,6 +262,7 @@ def main() -> int:
         sink.kill()
         store.send_signal(signal.SIGTERM)
         store.wait(60)
+        shutil.rmtree(data, ignore_errors=True)  # gigabytes of benchmark runs
     print(table(results))
     args.json.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
