@@ -180,3 +180,34 @@ def spy(method, name, used):
         return method(request, **kwargs)
 
     return call
+
+
+def test_a_read_of_many_pieces_matches_the_local_file(tmp_path):
+    # 2 leaves x 6 frames x 4 MB: more than one 16 MiB piece, so the store reads ahead.
+    store = start_store(tmp_path / "data")
+    try:
+        rng = np.random.default_rng(7)
+        states = [
+            {
+                "a": rng.random((1000, 1000), dtype=np.float32),
+                "b": rng.random((1000, 1000), dtype=np.float32),
+            }
+            for _ in range(6)
+        ]
+        config = {"s": WriterGroupConfig(view(lambda s: s), EveryNStep(1))}
+        with RemoteStorageWriter(
+            store.address, "many", config, states[0], 6, compile_views=False
+        ) as log:
+            for step, state in enumerate(states):
+                log.log(state, step)
+        with connect(store.address) as client, client.open_run("many") as reader:
+            group = reader.focus_group("group['s']")
+            backwards = group.read(slice(None, None, -1))
+            strided = group.read((slice(None), slice(None, None, 3)))
+    finally:
+        assert store.stop() == 0
+    with HDF5StorageReader(store.run_file("many")) as local:
+        expected = local.focus_group("group['s']")
+        for leaf in ("a", "b"):
+            np.testing.assert_array_equal(backwards[leaf], expected[::-1][leaf])
+            np.testing.assert_array_equal(strided[leaf], expected[:, ::3][leaf])

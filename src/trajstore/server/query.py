@@ -15,7 +15,9 @@ from trajstore import errors, wire
 from trajstore.blockcodec import OutgoingPart, split_views
 from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
+from trajstore.server.read_ahead import read_ahead
 from trajstore.server.sessions import RunRegistry, WriterSession
+from trajstore.store.indexing import Plan
 from trajstore.store.reader import RunFileReader
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
@@ -142,6 +144,16 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 )
         return leaves
 
+    @staticmethod
+    def _result_bytes(
+        reader: RunFileReader, group: int, leaves: Sequence[int], plans: Sequence[Plan]
+    ) -> int:
+        specs = reader.spec.groups[group].leaves
+        return sum(
+            math.prod(plan.shape) * specs[leaf].np_dtype.itemsize
+            for plan, leaf in zip(plans, leaves, strict=True)
+        )
+
     def Read(  # noqa: N802 (gRPC method name)
         self, request: qpb.ReadRequest, context: grpc.ServicerContext
     ) -> Iterator[qpb.ReadResponse | OutgoingPart]:
@@ -158,16 +170,22 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 yield qpb.ReadResponse(
                     results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
                 )
-                for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True)):
-                    offset = 0
+                pieces: Iterator[tuple[int, np.ndarray]] = (
+                    (position, piece)
+                    for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
                     for piece in reader.read_chunks(
                         group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
-                    ):
-                        for at, views in split_views([piece], self.part_bytes):
-                            self._count_read(sum(len(v) for v in views))
-                            header = qpb.ReadResponse(leaf=position, offset=offset + at)
-                            yield OutgoingPart(header, views)
-                        offset += piece.nbytes
+                    )
+                )
+                if self._result_bytes(reader, group, leaves, plans) > self.read_chunk_bytes:
+                    pieces = read_ahead(pieces)  # several pieces: read one while one is sent
+                offsets = [0] * len(leaves)
+                for position, piece in pieces:
+                    for at, views in split_views([piece], self.part_bytes):
+                        self._count_read(sum(len(v) for v in views))
+                        header = qpb.ReadResponse(leaf=position, offset=offsets[position] + at)
+                        yield OutgoingPart(header, views)
+                    offsets[position] += piece.nbytes
         except Exception as e:
             abort_with(context, e)
 
@@ -185,11 +203,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             frames = self._group_frames(reader, read.run, group)
             leaves = self._leaves(reader, group, read.leaves)
             plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
-            specs = reader.spec.groups[group].leaves
-            total = sum(
-                math.prod(plan.shape) * specs[leaf].np_dtype.itemsize
-                for plan, leaf in zip(plans, leaves, strict=True)
-            )
+            total = self._result_bytes(reader, group, leaves, plans)
             if total > self.part_bytes:
                 raise errors.ResourceExhaustedError(
                     f"{total} bytes do not fit one message ({self.part_bytes}): use Read"
