@@ -218,20 +218,26 @@ def test_a_writer_that_ends_while_the_store_is_away_leaves_a_journal_for_push(tm
         assert f.attrs["actual_steps"] == 300  # from the journal's closing record
 
 
-def test_a_writer_killed_while_spilling_loses_nothing_it_journaled(tmp_path):
-    port = free_port()
-    store = start_store(tmp_path / "data", port=port)
-    journal = tmp_path / "killed.journal"
-    process = start_live_writer(
+def start_spilling_writer(store, run, journal, *extra):
+    """A live-writer process that spills to ``journal`` after 1 s without the store."""
+    return start_live_writer(
         store.address,
-        "killed/run",
+        run,
         100_000,
         0.001,
         "--journal",
         str(journal),
         "--reconnect-timeout",
         "1",
+        *extra,
     )
+
+
+def test_a_writer_killed_while_spilling_loses_nothing_it_journaled(tmp_path):
+    port = free_port()
+    store = start_store(tmp_path / "data", port=port)
+    journal = tmp_path / "killed.journal"
+    process = start_spilling_writer(store, "killed/run", journal)
     try:
         wait_until(lambda: durable_frames(store.address, "killed/run") >= 50)
         store.stop(signal.SIGKILL)
@@ -245,8 +251,7 @@ def test_a_writer_killed_while_spilling_loses_nothing_it_journaled(tmp_path):
         assert result.frames_sent >= 300
     finally:
         assert restarted.stop() == 0
-    with h5py.File(store.run_file("killed/run"), "r") as f:
-        frames = int(f["group['x']"].attrs["frames"])
+    frames = durable_frames_on_disk(store.run_file("killed/run"))
     assert frames >= 350
     assert_every_frame_once(store.run_file("killed/run"), frames)
 
@@ -256,18 +261,7 @@ def test_a_journal_that_fills_its_disk_fails_the_writer_and_says_what_it_holds(t
     store = start_store(tmp_path / "data", port=port)
     journal = tmp_path / "full.journal"
     # Any file this writer writes stops at 200 kB: its journal runs out of room.
-    process = start_live_writer(
-        store.address,
-        "full/run",
-        100_000,
-        0.001,
-        "--journal",
-        str(journal),
-        "--reconnect-timeout",
-        "1",
-        "--journal-limit",
-        "200000",
-    )
+    process = start_spilling_writer(store, "full/run", journal, "--journal-limit", "200000")
     try:
         wait_until(lambda: durable_frames(store.address, "full/run") >= 50)
         store.stop(signal.SIGKILL)
@@ -285,8 +279,7 @@ def test_a_journal_that_fills_its_disk_fails_the_writer_and_says_what_it_holds(t
         assert result.damaged_bytes > 0 and journal.exists()  # torn at the cap: kept
     finally:
         assert restarted.stop() == 0
-    with h5py.File(store.run_file("full/run"), "r") as f:
-        frames = int(f["group['x']"].attrs["frames"])
+    frames = durable_frames_on_disk(store.run_file("full/run"))
     assert frames >= 150
     assert_every_frame_once(store.run_file("full/run"), frames)
 
