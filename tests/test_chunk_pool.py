@@ -1,4 +1,4 @@
-"""Whole chunks compressed on a thread pool read back exactly as HDF5's own filters write them."""
+"""Whole chunks written with write_direct_chunk (compressed on a pool, or raw) read back exactly."""
 
 from __future__ import annotations
 
@@ -87,3 +87,29 @@ def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
     with h5py.File(tmp_path / "r.h5", "r") as f:
         assert f["group['x']"]["array['pos']"].chunks[0] == 4
         np.testing.assert_array_equal(f["group['x']"]["array['pos']"][:], frames(0, 16)[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from([0, 1, 5, 16, 32, 64]), st.sampled_from([1, 7, 16, 32, 64])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_unfiltered_chunks_written_directly_read_back_as_written(tmp_path_factory, plan):
+    # Chunks of 32 whole frames without filters: aligned blocks skip HDF5's chunk cache.
+    path = tmp_path_factory.mktemp("raw") / "raw.h5"
+    writer = RunFileWriter(path, spec(None))
+    length = 0
+    for start, count in plan:
+        start = min(start, length)  # no gaps: a rewind or the next frames
+        writer.write_block(0, start, count, frames(start, count))
+        length = start + count
+    writer.close()
+    expected = frames(0, length)
+    with h5py.File(path, "r") as f:
+        group = f["group['x']"]
+        assert group["array['pos']"].chunks[0] == 32
+        np.testing.assert_array_equal(group["array['pos']"][:], expected[0])
+        np.testing.assert_array_equal(group["array['n']"][:], expected[1])

@@ -45,7 +45,9 @@ class Hdf5ObjWriter:
     Given a ``chunk_pool``, whole chunks of compressed leaves are compressed
     on its threads (:func:`~trajstore.store.stored.encode_compressed`) and
     written with ``write_direct_chunk``, instead of through HDF5's filters
-    on this thread.
+    on this thread. Whole chunks of leaves without filters are written with
+    ``write_direct_chunk`` straight from the block (their stored bytes are the
+    frames' bytes): no copy through HDF5's chunk cache.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Hdf5ObjWriter:
             _stored_tail_plan(ds, leaf.frame_nbytes)
             for ds, leaf in zip(self.datasets, spec.leaves, strict=True)
         ]
+        self._raw_chunk_frames = [_raw_chunk_frames(ds) for ds in self.datasets]
 
     @classmethod
     def create(
@@ -125,7 +128,7 @@ class Hdf5ObjWriter:
             tail = self._tails[i]
             if tail is None or stop % tail.frames == 0:
                 if count:
-                    self._write_frames(ds, tail, start, array)
+                    self._write_frames(ds, tail, start, array, self._raw_chunk_frames[i])
                 continue
             # The block ends inside a chunk of many frames, which is rewritten at
             # every flush until it fills up. Stored without compression its size
@@ -143,11 +146,27 @@ class Hdf5ObjWriter:
         self.frames = stop
 
     def _write_frames(
-        self, ds: h5py.Dataset, plan: _StoredTail | None, start: int, array: np.ndarray
+        self,
+        ds: h5py.Dataset,
+        plan: _StoredTail | None,
+        start: int,
+        array: np.ndarray,
+        raw_chunk_frames: int = 0,
     ) -> None:
-        """``ds[start:start + len(array)] = array``: whole chunks compressed on the pool."""
-        pool = self._pool
+        """``ds[start:start + len(array)] = array``, whole chunks written directly.
+
+        Chunks of an unfiltered leaf (``raw_chunk_frames`` whole frames each)
+        go as they are; chunks of a filtered one are compressed on the pool.
+        """
         count = len(array)
+        size = raw_chunk_frames
+        if size and not start % size and not count % size and array.dtype.str == ds.dtype.str:
+            array = np.ascontiguousarray(array)  # the chunk's bytes, in the file's byte order
+            origin = (0,) * (ds.ndim - 1)
+            for j in range(0, count, size):
+                ds.id.write_direct_chunk((start + j, *origin), array[j : j + size])
+            return
+        pool = self._pool
         if pool is None or plan is None or start % plan.frames or count % plan.frames:
             ds[start : start + count] = array
             return
@@ -382,6 +401,16 @@ class _StoredTail:
     @property
     def frames(self) -> int:
         return self.shape[0]
+
+
+def _raw_chunk_frames(ds: h5py.Dataset) -> int:
+    """Frames per chunk of a dataset whose chunks hold whole frames unfiltered; else 0."""
+    chunks = ds.chunks
+    if chunks is None or len(chunks) != ds.ndim or tuple(chunks[1:]) != ds.shape[1:]:
+        return 0
+    if ds.id.get_create_plist().get_nfilters():
+        return 0
+    return int(chunks[0])
 
 
 def _stored_tail_plan(ds: h5py.Dataset, frame_nbytes: int) -> _StoredTail | None:
