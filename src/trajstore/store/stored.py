@@ -42,9 +42,11 @@ _ZSTD_MAX_BLOCK = 1 << 17
 _ZSTD_DESCRIPTOR = 0xE0
 
 
-def _zstd_raw_frame(data: bytes) -> bytes:
+def _zstd_raw_frame(data: bytes | memoryview) -> bytes:
     """A zstd frame that stores ``data`` in raw (uncompressed) blocks."""
-    parts = [struct.pack("<IBQ", _ZSTD_MAGIC, _ZSTD_DESCRIPTOR, len(data))]
+    parts: list[bytes | memoryview] = [
+        struct.pack("<IBQ", _ZSTD_MAGIC, _ZSTD_DESCRIPTOR, len(data))
+    ]
     offsets = range(0, max(len(data), 1), _ZSTD_MAX_BLOCK)
     for i, start in enumerate(offsets):
         block = data[start : start + _ZSTD_MAX_BLOCK]
@@ -55,13 +57,36 @@ def _zstd_raw_frame(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _shuffle(data: bytes, itemsize: int) -> bytes:
+def _shuffle(data: bytes | memoryview, itemsize: int) -> bytes | memoryview:
     """HDF5's byte-shuffle: all first bytes of each element, then all second bytes, ..."""
     n = len(data) // itemsize
     if itemsize <= 1 or n <= 1:
         return data
-    head = np.frombuffer(data, np.uint8, n * itemsize).reshape(n, itemsize).T.tobytes()
-    return head + data[n * itemsize :]
+    raw = np.frombuffer(data, np.uint8)
+    head = raw[: n * itemsize].reshape(n, itemsize).T.tobytes()
+    if n * itemsize == len(raw):
+        return head
+    return head + raw[n * itemsize :].tobytes()
+
+
+def _encode(
+    chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]], *, compress: bool
+) -> bytes | None:
+    """``chunk`` through ``filters`` (compressing filters at level 0 unless ``compress``)."""
+    data: bytes | memoryview = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8).data
+    for filter_id, client_data in filters:
+        if filter_id == FILTER_SHUFFLE:
+            data = _shuffle(data, client_data[0] if client_data else chunk.dtype.itemsize)
+        elif filter_id == FILTER_DEFLATE:
+            data = zlib.compress(data, (client_data[0] if client_data else 6) if compress else 0)
+        elif filter_id == FILTER_ZSTD:
+            if compress:
+                data = _zstd_compress(data, client_data[0] if client_data else 3)
+            else:
+                data = _zstd_raw_frame(data)
+        else:
+            return None
+    return bytes(data)  # a copy only where no filter made one
 
 
 def encode_stored(chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]]) -> bytes | None:
@@ -75,23 +100,13 @@ def encode_stored(chunk: np.ndarray, filters: list[tuple[int, tuple[int, ...]]])
         The encoded chunk, or ``None`` if the pipeline holds a filter this
         module cannot emulate (the caller then writes the usual way).
     """
-    data = np.ascontiguousarray(chunk).tobytes()
-    for filter_id, client_data in filters:
-        if filter_id == FILTER_SHUFFLE:
-            data = _shuffle(data, client_data[0] if client_data else chunk.dtype.itemsize)
-        elif filter_id == FILTER_DEFLATE:
-            data = zlib.compress(data, 0)
-        elif filter_id == FILTER_ZSTD:
-            data = _zstd_raw_frame(data)
-        else:
-            return None
-    return data
+    return _encode(chunk, filters, compress=False)
 
 
 _compressors = threading.local()  # a ZstdCompressor is not safe to share between threads
 
 
-def _zstd_compress(data: bytes, level: int) -> bytes:
+def _zstd_compress(data: bytes | memoryview, level: int) -> bytes:
     cache: dict[int, zstandard.ZstdCompressor] = _compressors.__dict__.setdefault("by_level", {})
     compressor = cache.get(level)
     if compressor is None:
@@ -107,14 +122,4 @@ def encode_compressed(
     Thread-safe; the compression itself runs without the GIL. Returns
     ``None`` for a pipeline with a filter this module does not know.
     """
-    data = np.ascontiguousarray(chunk).tobytes()
-    for filter_id, client_data in filters:
-        if filter_id == FILTER_SHUFFLE:
-            data = _shuffle(data, client_data[0] if client_data else chunk.dtype.itemsize)
-        elif filter_id == FILTER_DEFLATE:
-            data = zlib.compress(data, client_data[0] if client_data else 6)
-        elif filter_id == FILTER_ZSTD:
-            data = _zstd_compress(data, client_data[0] if client_data else 3)
-        else:
-            return None
-    return data
+    return _encode(chunk, filters, compress=True)
