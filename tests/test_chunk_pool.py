@@ -41,6 +41,17 @@ def frames(start, count):
     return [pos.astype(np.float32), np.arange(start, start + count, dtype=np.int64)]
 
 
+def write_plan(writer, plan):
+    """Write blocks ``(start, count)`` (a start past the end is pulled back); the length."""
+    length = 0
+    for start, count in plan:
+        start = min(start, length)  # no gaps: a rewind or the next frames
+        writer.write_block(0, start, count, frames(start, count))
+        length = start + count
+    writer.close()
+    return length
+
+
 # Blocks as (start, count): in order, with rewinds to any earlier frame.
 blocks = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 40)), min_size=1, max_size=8)
 
@@ -60,14 +71,9 @@ def test_pool_and_hdf5_filters_write_the_same_frames(tmp_path_factory, compressi
     root = tmp_path_factory.mktemp("pool")
     written = []
     for name, pool in (("filters.h5", None), ("pool.h5", POOL)):
-        writer = RunFileWriter(root / name, spec(compression), chunk_pool=pool)
-        length = 0
-        for start, count in plan:
-            start = min(start, length)  # no gaps: a rewind or the next frames
-            writer.write_block(0, start, count, frames(start, count))
-            length = start + count
-        writer.close()
-        written.append(length)
+        written.append(
+            write_plan(RunFileWriter(root / name, spec(compression), chunk_pool=pool), plan)
+        )
     with h5py.File(root / "filters.h5", "r") as a, h5py.File(root / "pool.h5", "r") as b:
         for leaf in ("array['pos']", "array['n']"):
             expected = a["group['x']"][leaf][:]
@@ -100,13 +106,7 @@ def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
 def test_unfiltered_chunks_written_directly_read_back_as_written(tmp_path_factory, plan):
     # Chunks of 32 whole frames without filters: aligned blocks skip HDF5's chunk cache.
     path = tmp_path_factory.mktemp("raw") / "raw.h5"
-    writer = RunFileWriter(path, spec(None))
-    length = 0
-    for start, count in plan:
-        start = min(start, length)  # no gaps: a rewind or the next frames
-        writer.write_block(0, start, count, frames(start, count))
-        length = start + count
-    writer.close()
+    length = write_plan(RunFileWriter(path, spec(None)), plan)
     expected = frames(0, length)
     with h5py.File(path, "r") as f:
         group = f["group['x']"]
