@@ -55,15 +55,14 @@ def push_journal(
 ) -> PushResult:
     """Upload the blocks of a spill journal to its run, in order; then delete it.
 
-    A journal with a damaged or torn end (its writer died mid-record) has
-    every intact record uploaded and is kept, for a look at what follows.
-
     The run is opened in ``append`` mode with the schema the journal
     recorded. Blocks whose frames the store already holds are skipped (a
     writer may have uploaded part of the journal before it stopped); the
     rest are streamed like a writer's, with reconnects. A journal that would
     leave a gap (the store holds fewer frames than its first block needs) is
-    refused before anything is sent.
+    refused before anything is sent. A journal with a damaged or torn end
+    (its writer died mid-record) has every intact record uploaded and is
+    kept, for a look at what follows.
 
     Args:
         path: The journal file.
