@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from benchmarks.workloads import workload
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(*args: str) -> dict[str, Any]:
-    """Run one measured writer in its own process."""
+def worker(*args: str, module: str = "benchmarks.workloads") -> dict[str, Any]:
+    """Run one measured writer (or reader) in its own process."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.workloads", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -41,6 +40,11 @@ def worker(*args: str) -> dict[str, Any]:
         timeout=3600,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reader(*args: str) -> dict[str, Any]:
+    """Run one measured reader in its own process."""
+    return worker(*args, module="benchmarks.readers")
 
 
 def start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
@@ -127,43 +131,25 @@ def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, An
 
 
 def reads(address: str, data: Path, run: str, samples: int) -> dict[str, Any]:
-    """Remote reads against local reads of the same file."""
-    from trajstore import HDF5StorageReader, RemoteStorageReader
+    """Remote reads against local reads of the same file, each reader a process of its own."""
+    from trajstore import HDF5StorageReader
 
     path = data / f"{run}.h5"
-    rng = np.random.default_rng(0)
-    out: dict[str, Any] = {}
     with HDF5StorageReader(path) as warm:  # both read from the page cache: the harder case
         warm.focus_group("group['traj']").read(slice(None))
-    for kind, opener in (
-        ("local", lambda: HDF5StorageReader(path)),
-        ("remote", lambda: RemoteStorageReader(address, run)),
-    ):
-        with opener() as reader:
-            traj = reader.focus_group("group['traj']")
-            n = len(traj)
-            whole_times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                whole = traj.read(slice(None), select=lambda s: s["pos"])
-                whole_times.append(time.perf_counter() - t)
-            whole_s = float(np.median(whole_times))
-            times = []
-            for _ in range(samples):
-                i = int(rng.integers(n))
-                t = time.perf_counter()
-                traj.read(i, select=lambda s: s["pos"])
-                times.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for _chunk in traj.read_chunked(64, select=lambda s: s["pos"]):
-                pass
-            chunked_s = time.perf_counter() - t
-        out[kind] = {
-            "whole_mb_s": whole.nbytes / whole_s / 1e6,
-            "random_frame_median_ms": float(np.median(times) * 1e3),
-            "chunked_mb_s": whole.nbytes / chunked_s / 1e6,
-        }
-    out["whole_remote_vs_local"] = out["remote"]["whole_mb_s"] / out["local"]["whole_mb_s"]
+    common = ["--samples", str(samples)]
+    out: dict[str, Any] = {
+        "local": reader("local", str(path), *common),
+        "remote": reader("remote", f"{address}/{run}", *common),
+        "remote_keep_large_buffers": reader(
+            "remote", f"{address}/{run}", *common, "--keep-large-buffers"
+        ),
+    }
+    local = out["local"]["whole_mb_s"]
+    out["whole_remote_vs_local"] = out["remote"]["whole_mb_s"] / local
+    out["whole_remote_keep_large_buffers_vs_local"] = (
+        out["remote_keep_large_buffers"]["whole_mb_s"] / local
+    )
     return out
 
 
@@ -221,6 +207,13 @@ def table(results: dict[str, Any]) -> str:
             f"frame median remote {r['remote']['random_frame_median_ms']:.2f} ms, local "
             f"{r['local']['random_frame_median_ms']:.2f} ms; chunked remote "
             f"{r['remote']['chunked_mb_s']:.0f} MB/s, local {r['local']['chunked_mb_s']:.0f} MB/s"
+        )
+        tuned = r["remote_keep_large_buffers"]
+        lines.append(
+            f"reads after keep_large_buffers(): whole dataset remote "
+            f"{tuned['whole_mb_s']:.0f} MB/s "
+            f"({r['whole_remote_keep_large_buffers_vs_local']:.2f}x), random frame "
+            f"{tuned['random_frame_median_ms']:.2f} ms, chunked {tuned['chunked_mb_s']:.0f} MB/s"
         )
     return "\n".join(lines)
 

@@ -27,7 +27,9 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path):
     assert {"h5py"} <= set(results["md"])
     assert results["grpc"]["mb_s_1mib"] > 0
     assert results["fan_in"]["clients"] == 8
-    assert {"whole_mb_s", "random_frame_median_ms", "chunked_mb_s"} <= set(
-        results["reads"]["remote"]
-    )
+    for reader in ("local", "remote", "remote_keep_large_buffers"):
+        assert {"whole_mb_s", "random_frame_median_ms", "chunked_mb_s"} <= set(
+            results["reads"][reader]
+        )
+        assert results["reads"][reader]["whole_mb_s"] > 0
     assert "remote/local" in result.stdout

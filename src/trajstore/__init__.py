@@ -37,6 +37,7 @@ __all__ = [
     "RemoteGroupReader",
     "connect",
     "serve",
+    "keep_large_buffers",
     # errors
     "TrajstoreError",
 ]
@@ -56,6 +57,7 @@ _LOCATIONS = {
     "Hdf5ObjWriter": "trajstore.store.writer",
     "GroupWriters": "trajstore.groups",
     "TrajstoreError": "trajstore.errors",
+    "keep_large_buffers": "trajstore.allocator",
     "RemoteStorageWriter": "trajstore.client.writer",
     "RemoteStorageReader": "trajstore.client.reader",
     "RemoteGroupReader": "trajstore.client.reader",
@@ -64,6 +66,7 @@ _LOCATIONS = {
 }
 
 if TYPE_CHECKING:
+    from trajstore.allocator import keep_large_buffers
     from trajstore.client.reader import RemoteGroupReader, RemoteStorageReader, connect
     from trajstore.client.writer import RemoteStorageWriter
     from trajstore.compression import Compression

@@ -235,9 +235,9 @@ def serve(
     metrics_listen: str | None,
 ) -> None:
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
+    from trajstore.allocator import keep_large_buffers
     from trajstore.server import Limits
     from trajstore.server import serve as start_server
-    from trajstore.server.allocator import keep_large_buffers
     from trajstore.server.auth import Tokens
 
     _configure_logging(log_level, log_format)
@@ -482,6 +482,9 @@ def tail(
 @tls_option
 def pull(run: str, output: Path, address: str, token: str | None, tls_ca: Path | None) -> None:
     """Download a run into a local HDF5 file (progress bar on a terminal)."""
+    from trajstore.allocator import keep_large_buffers
+
+    keep_large_buffers()  # a process of its own, reading in large messages
     with _client(address, token, tls_ca) as client:
         path = client.pull(run, output)
     click.echo(f"wrote {path}")
