@@ -77,14 +77,8 @@ def writers(
     return result
 
 
-def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, Any]:
-    """``clients`` MD writers at once against one local writer's throughput.
-
-    The writers import and set up first; they start logging together, and
-    the aggregate is their bytes over the time from the first start to the
-    last end (process start-up is not counted).
-    """
-    local = worker("local", "md", str(data / "fan-local.h5"), "--scale", str(scale))
+def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> float:
+    """One fan-in: ``clients`` remote MD writers started together; their aggregate bytes/s."""
     procs = [
         subprocess.Popen(
             [
@@ -93,7 +87,7 @@ def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, An
                 "benchmarks.workloads",
                 "remote",
                 "md",
-                f"{address}/bench/fan-{i}",
+                f"{address}/{run_prefix}-{i}",
                 "--scale",
                 str(scale),
                 "--barrier",
@@ -119,14 +113,31 @@ def fan_in(address: str, data: Path, scale: float, clients: int) -> dict[str, An
         outs.append(json.loads(p.stdout.read().strip().splitlines()[-1]))
         p.wait(3600)
     wall = max(o["ended_at"] for o in outs) - min(o["began_at"] for o in outs)
-    total = sum(o["bytes"] for o in outs)
-    aggregate = total / wall
-    single = local["bytes"] / local["seconds"]
+    return sum(o["bytes"] for o in outs) / wall
+
+
+def fan_in(address: str, data: Path, scale: float, clients: int, repeats: int) -> dict[str, Any]:
+    """``clients`` MD writers at once against one local writer's throughput.
+
+    The writers import and set up first; they start logging together, and
+    the aggregate is their bytes over the time from the first start to the
+    last end (process start-up is not counted). One local writer and one
+    fan-in alternate ``repeats`` times; both figures are medians.
+    """
+    singles, aggregates = [], []
+    for r in range(repeats):
+        local = worker("local", "md", str(data / f"fan-local-{r}.h5"), "--scale", str(scale))
+        singles.append(local["bytes"] / local["seconds"])
+        aggregates.append(_fan_in_once(address, f"bench/fan-{r}", scale, clients))
+    single = statistics.median(singles)
+    aggregate = statistics.median(aggregates)
     return {
         "clients": clients,
         "aggregate_mb_s": aggregate / 1e6,
         "local_single_mb_s": single / 1e6,
         "ratio": aggregate / single,
+        "aggregate_runs_mb_s": [a / 1e6 for a in aggregates],
+        "local_single_runs_mb_s": [s / 1e6 for s in singles],
     }
 
 
@@ -251,7 +262,7 @@ def main() -> int:
         results["big"] = writers(address, data, "big", scale, repeats)
         total = results["md"]["bytes"]
         results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
-        results["fan_in"] = fan_in(address, data, scale / 2, 8)
+        results["fan_in"] = fan_in(address, data, scale / 2, 8, repeats)
         worker("remote", "md", f"{address}/bench/read", "--scale", str(scale))
         results["reads"] = reads(
             address, data / "store", "bench/read", samples=50 if args.quick else 200
