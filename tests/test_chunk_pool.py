@@ -113,3 +113,48 @@ def test_unfiltered_chunks_written_directly_read_back_as_written(tmp_path_factor
         assert group["array['pos']"].chunks[0] == 32
         np.testing.assert_array_equal(group["array['pos']"][:], expected[0])
         np.testing.assert_array_equal(group["array['n']"][:], expected[1])
+
+
+def slab_frames(shape, dtype, start, count):
+    """Frames whose every element differs (frame index and position), as ``dtype``."""
+    size = int(np.prod(shape))
+    values = np.arange(start, start + count)[:, None] * 1_000_003 + np.arange(size)
+    return values.reshape(count, *shape).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((21_846, 3), "float32"),  # one whole chunk of 21 845 rows and a one-row edge
+        ((43_690, 3), "float32"),  # exactly two chunks
+        ((200_001,), "int16"),  # 1-d: chunks of 131 072 elements and an edge
+        ((70_000, 2), "<f8"),  # chunks of 16 384 rows
+    ],
+)
+@settings(max_examples=15, deadline=None)
+@given(plan=st.lists(st.tuples(st.integers(0, 6), st.integers(1, 5)), min_size=1, max_size=6))
+def test_slabs_of_large_frames_written_directly_read_back_as_written(
+    tmp_path_factory, shape, dtype, plan
+):
+    # Frames above the chunk target are chunked in slabs of rows; without filters
+    # each slab is written straight from the block, the last one padded.
+    leaves = (LeafSpec("['big']", np.dtype(dtype).name, shape), LeafSpec("['n']", "int64", ()))
+    run = RunSpec(groups=(GroupSpec("group['x']", True, leaves),))
+    path = tmp_path_factory.mktemp("slabs") / "slabs.h5"
+    writer = RunFileWriter(path, run)
+    length = 0
+    for start, count in plan:
+        start = min(start, length)
+        index = np.arange(start, start + count, dtype=np.int64)
+        writer.write_block(0, start, count, [slab_frames(shape, dtype, start, count), index])
+        length = start + count
+    writer.close()
+    with h5py.File(path, "r") as f:
+        big = f["group['x']"]["array['big']"]
+        assert big.chunks[0] == 1 and big.chunks[1] < shape[0]  # slabs, not whole frames
+        np.testing.assert_array_equal(big[:], slab_frames(shape, dtype, 0, length))
+        rows = big.chunks[1]
+        across = slice(rows - 3, rows + 3)  # a read across the first chunk boundary
+        np.testing.assert_array_equal(
+            big[length - 1, across], slab_frames(shape, dtype, length - 1, 1)[0, across]
+        )

@@ -45,9 +45,10 @@ class Hdf5ObjWriter:
     Given a ``chunk_pool``, whole chunks of compressed leaves are compressed
     on its threads (:func:`~trajstore.store.stored.encode_compressed`) and
     written with ``write_direct_chunk``, instead of through HDF5's filters
-    on this thread. Whole chunks of leaves without filters are written with
+    on this thread. Chunks of leaves without filters are written with
     ``write_direct_chunk`` straight from the block (their stored bytes are the
-    frames' bytes): no copy through HDF5's chunk cache.
+    frames' bytes): no copy through HDF5's chunk cache. That holds for chunks
+    of whole frames and for chunks of a few rows of one large frame.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class Hdf5ObjWriter:
             for ds, leaf in zip(self.datasets, spec.leaves, strict=True)
         ]
         self._raw_chunk_frames = [_raw_chunk_frames(ds) for ds in self.datasets]
+        self._raw_slab_rows = [_raw_slab_rows(ds) for ds in self.datasets]
 
     @classmethod
     def create(
@@ -127,7 +129,9 @@ class Hdf5ObjWriter:
                 ds.resize(stop, axis=0)
             tail = self._tails[i]
             if tail is None or stop % tail.frames == 0:
-                if count:
+                if count and self._raw_slab_rows[i] and array.dtype.str == ds.dtype.str:
+                    _write_slabs(ds, start, array, self._raw_slab_rows[i])
+                elif count:
                     self._write_frames(ds, tail, start, array, self._raw_chunk_frames[i])
                 continue
             # The block ends inside a chunk of many frames, which is rewritten at
@@ -411,6 +415,41 @@ def _raw_chunk_frames(ds: h5py.Dataset) -> int:
     if ds.id.get_create_plist().get_nfilters():
         return 0
     return int(chunks[0])
+
+
+def _raw_slab_rows(ds: h5py.Dataset) -> int:
+    """Rows per chunk of a dataset whose unfiltered chunks are slabs of one frame; else 0.
+
+    A chunk ``(1, rows, *frame.shape[1:])`` with ``rows`` below the frame's
+    first axis holds a contiguous byte range of one frame.
+    """
+    chunks = ds.chunks
+    if chunks is None or ds.ndim < 2 or len(chunks) != ds.ndim or chunks[0] != 1:
+        return 0
+    if chunks[1] >= ds.shape[1] or tuple(chunks[2:]) != ds.shape[2:]:
+        return 0
+    if ds.id.get_create_plist().get_nfilters():
+        return 0
+    return int(chunks[1])
+
+
+def _write_slabs(ds: h5py.Dataset, start: int, array: np.ndarray, rows: int) -> None:
+    """``ds[start:start + len(array)] = array`` chunk by chunk, ``rows`` rows of a frame each.
+
+    Each chunk goes to the file straight from a view of the block; the last
+    chunk of a frame, past its end, is padded into a chunk-sized copy.
+    """
+    array = np.ascontiguousarray(array)  # the chunks' bytes, in the file's byte order
+    length = array.shape[1]
+    whole = length - length % rows
+    inner = (0,) * (ds.ndim - 2)
+    for index, frame in enumerate(array, start):
+        for row in range(0, whole, rows):
+            ds.id.write_direct_chunk((index, row, *inner), frame[row : row + rows])
+        if whole < length:
+            edge = np.zeros((rows, *frame.shape[1:]), array.dtype)
+            edge[: length - whole] = frame[whole:]
+            ds.id.write_direct_chunk((index, whole, *inner), edge)
 
 
 def _stored_tail_plan(ds: h5py.Dataset, frame_nbytes: int) -> _StoredTail | None:
