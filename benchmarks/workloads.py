@@ -171,8 +171,14 @@ def main() -> int:
     parser.add_argument(
         "--barrier", action="store_true", help="print 'ready', start on a line from stdin"
     )
+    parser.add_argument(
+        "--keep-large-buffers", action="store_true", help="call trajstore.keep_large_buffers()"
+    )
     args = parser.parse_args()
-    from trajstore import Compression
+    from trajstore import Compression, keep_large_buffers
+
+    if args.keep_large_buffers:
+        keep_large_buffers()
 
     compression = Compression("zstd", 1) if args.zstd else None
     load = workload(args.workload, args.scale)

@@ -10,9 +10,9 @@ mmap and trim thresholds lets freed buffers be reused from the heap.
 The thresholds belong to the whole process, so the library never sets them
 by itself: ``trajstore serve`` and ``trajstore pull`` call
 :func:`keep_large_buffers` (processes of their own), and an analysis script
-that reads large slices may call it once at its start. A simulation process
-should not: in the MD benchmark the remote writer got slower with it
-(0.72 s -> 1.1-1.3 s).
+that reads large slices may call it once at its start. In a simulation
+process it is the user's call: the remote MD writer ran 5-10 % faster with
+it in A/Bs here, big frames no faster (BENCHMARKS.md, item 13).
 """
 
 from __future__ import annotations
