@@ -1,4 +1,4 @@
-"""``read_ahead``: the store reads the next piece while the last one is sent."""
+"""``read_ahead``: the next piece is read on a thread of its own while the last is used."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajstore.server.read_ahead import read_ahead
+from trajstore.read_ahead import read_ahead
 
 
 class Source:

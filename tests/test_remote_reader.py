@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -211,3 +214,33 @@ def test_a_read_of_many_pieces_matches_the_local_file(tmp_path):
         for leaf in ("a", "b"):
             np.testing.assert_array_equal(backwards[leaf], expected[::-1][leaf])
             np.testing.assert_array_equal(strided[leaf], expected[:, ::3][leaf])
+
+
+def test_read_chunked_fetches_one_chunk_ahead_and_stops_when_left(store, monkeypatch):
+    write(store, "proj/chunks", steps=20)
+    with HDF5StorageReader(store.run_file("proj/chunks")) as local:
+        expected = list(local.focus_group("group['traj']").read_chunked(3))
+    with connect(store.address) as client, client.open_run("proj/chunks") as run:
+        traj = run.focus_group("group['traj']")
+        asked = []  # the index of every read the reader sends
+        source_read = traj._remote.read
+
+        def counting_read(leaves, index):
+            asked.append(index)
+            return source_read(leaves, index)
+
+        monkeypatch.setattr(traj._remote, "read", counting_read)
+        chunks = traj.read_chunked(3)
+        first = next(chunks)
+        deadline = time.monotonic() + 10
+        while len(asked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the second chunk is fetched while the first is in hand
+        assert asked[:2] == [slice(0, 3), slice(3, 6)]
+        chunks.close()  # leaving early stops the fetching thread
+        assert not [t for t in threading.enumerate() if t.name == "trajstore-read-ahead"]
+        assert len(asked) <= 3  # never more than one chunk past the one in hand
+        rest = list(traj.read_chunked(3))
+    np.testing.assert_array_equal(first["pos"], expected[0]["pos"])
+    for got, want in zip(rest, expected, strict=True):
+        np.testing.assert_array_equal(got["pos"], want["pos"])
+        np.testing.assert_array_equal(got["vel"], want["vel"])

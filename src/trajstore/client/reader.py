@@ -17,6 +17,7 @@ from trajstore import wire
 from trajstore.blockcodec import IncomingPart, query_stream
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.errors import NotOpenError, ResourceExhaustedError
+from trajstore.read_ahead import read_ahead
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec, RunSpec
 from trajstore.v1 import query_pb2 as qpb
@@ -175,11 +176,17 @@ class RemoteGroupReader(GroupReader[Any]):
     """A :class:`~trajstore.GroupReader` over a group of a run on the store.
 
     Same results and exceptions as the local reader, plus :meth:`follow`.
+    ``read_chunked`` fetches one chunk ahead, on a thread of its own, so the
+    network and the caller's work on a chunk overlap.
     """
 
     def __init__(self, source: _RemoteLeaves, *, like: Any = None) -> None:
         super().__init__(source, like=like)
         self._remote = source
+
+    def _chunks(self, size: int, select: Callable[[Any], Any] | None) -> Iterator[Any]:
+        # The next chunk travels while the caller works on this one (one chunk ahead).
+        return read_ahead(super()._chunks(size, select))
 
     def follow(
         self,

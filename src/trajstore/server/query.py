@@ -13,9 +13,9 @@ import numpy as np
 
 from trajstore import errors, wire
 from trajstore.blockcodec import OutgoingPart, split_views
+from trajstore.read_ahead import read_ahead
 from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
-from trajstore.server.read_ahead import read_ahead
 from trajstore.server.sessions import RunRegistry, WriterSession
 from trajstore.store.indexing import Plan
 from trajstore.store.reader import RunFileReader

@@ -1,9 +1,11 @@
-"""Reading ahead: the next piece comes from HDF5 while the last one is on the wire.
+"""Reading ahead: the next piece is read on a thread of its own while the last is used.
 
-A Read stream alternates between reading a piece (h5py holds the GIL) and
-waiting for gRPC to send it (the GIL is free). :func:`read_ahead` runs the
-reading on a thread of its own, at most ``depth`` pieces ahead, so the two
-overlap; memory stays bounded by ``depth`` pieces.
+A store's Read stream alternates between reading a piece from HDF5 (h5py
+holds the GIL) and waiting for gRPC to send it (the GIL is free); a remote
+``read_chunked`` alternates between fetching a chunk (waiting on the
+network) and the caller's work on it. :func:`read_ahead` runs the reading
+on a thread of its own, at most ``depth`` pieces ahead, so the two overlap;
+memory stays bounded by ``depth`` pieces.
 """
 
 from __future__ import annotations
