@@ -41,12 +41,15 @@ def frames(start, count):
     return [pos.astype(np.float32), np.arange(start, start + count, dtype=np.int64)]
 
 
-def write_plan(writer, plan):
-    """Write blocks ``(start, count)`` (a start past the end is pulled back); the length."""
+def write_plan(writer, plan, make=frames):
+    """Write blocks ``(start, count)`` of ``make(start, count)``; return the length.
+
+    A start past the end is pulled back to it (no gaps).
+    """
     length = 0
     for start, count in plan:
         start = min(start, length)  # no gaps: a rewind or the next frames
-        writer.write_block(0, start, count, frames(start, count))
+        writer.write_block(0, start, count, make(start, count))
         length = start + count
     writer.close()
     return length
@@ -141,14 +144,11 @@ def test_slabs_of_large_frames_written_directly_read_back_as_written(
     leaves = (LeafSpec("['big']", np.dtype(dtype).name, shape), LeafSpec("['n']", "int64", ()))
     run = RunSpec(groups=(GroupSpec("group['x']", True, leaves),))
     path = tmp_path_factory.mktemp("slabs") / "slabs.h5"
-    writer = RunFileWriter(path, run)
-    length = 0
-    for start, count in plan:
-        start = min(start, length)
-        index = np.arange(start, start + count, dtype=np.int64)
-        writer.write_block(0, start, count, [slab_frames(shape, dtype, start, count), index])
-        length = start + count
-    writer.close()
+
+    def make(start, count):
+        return [slab_frames(shape, dtype, start, count), np.arange(start, start + count)]
+
+    length = write_plan(RunFileWriter(path, run), plan, make)
     with h5py.File(path, "r") as f:
         big = f["group['x']"]["array['big']"]
         assert big.chunks[0] == 1 and big.chunks[1] < shape[0]  # slabs, not whole frames

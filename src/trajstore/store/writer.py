@@ -129,17 +129,15 @@ class Hdf5ObjWriter:
                 ds.resize(stop, axis=0)
             tail = self._tails[i]
             if tail is None or stop % tail.frames == 0:
-                if count and self._raw_slab_rows[i] and array.dtype.str == ds.dtype.str:
-                    _write_slabs(ds, start, array, self._raw_slab_rows[i])
-                elif count:
-                    self._write_frames(ds, tail, start, array, self._raw_chunk_frames[i])
+                if count:
+                    self._write_frames(i, start, array)
                 continue
             # The block ends inside a chunk of many frames, which is rewritten at
             # every flush until it fills up. Stored without compression its size
             # stays the same, so HDF5 rewrites it in place (see store/stored.py).
             tail_start = stop - stop % tail.frames
             if start < tail_start:
-                self._write_frames(ds, tail, start, array[: tail_start - start])
+                self._write_frames(i, start, array[: tail_start - start])
             chunk = np.zeros(tail.shape, self._storage[i])
             if start > tail_start:
                 chunk[: start - tail_start] = ds[tail_start:start]
@@ -149,26 +147,26 @@ class Hdf5ObjWriter:
             ds.id.write_direct_chunk((tail_start,) + (0,) * (ds.ndim - 1), encoded)
         self.frames = stop
 
-    def _write_frames(
-        self,
-        ds: h5py.Dataset,
-        plan: _StoredTail | None,
-        start: int,
-        array: np.ndarray,
-        raw_chunk_frames: int = 0,
-    ) -> None:
-        """``ds[start:start + len(array)] = array``, whole chunks written directly.
+    def _write_frames(self, leaf: int, start: int, array: np.ndarray) -> None:
+        """``ds[start:start + len(array)] = array`` for ``leaf``'s dataset, whole chunks directly.
 
-        Chunks of an unfiltered leaf (``raw_chunk_frames`` whole frames each)
-        go as they are; chunks of a filtered one are compressed on the pool.
+        Chunks of an unfiltered leaf (whole frames each, or slabs of rows of
+        one frame) go as they are; chunks of a filtered one are compressed on
+        the pool.
         """
+        ds, plan = self.datasets[leaf], self._tails[leaf]
         count = len(array)
-        size = raw_chunk_frames
-        if size and not start % size and not count % size and array.dtype.str == ds.dtype.str:
-            array = np.ascontiguousarray(array)  # the chunk's bytes, in the file's byte order
+        raw = array.dtype.str == ds.dtype.str  # the block holds the file's bytes
+        size = self._raw_chunk_frames[leaf] if raw else 0
+        if size and not start % size and not count % size:
+            array = np.ascontiguousarray(array)  # the chunks' bytes
             origin = (0,) * (ds.ndim - 1)
             for j in range(0, count, size):
                 ds.id.write_direct_chunk((start + j, *origin), array[j : j + size])
+            return
+        rows = self._raw_slab_rows[leaf] if raw else 0
+        if rows:
+            _write_slabs(ds, start, array, rows)
             return
         pool = self._pool
         if pool is None or plan is None or start % plan.frames or count % plan.frames:
@@ -439,7 +437,7 @@ def _write_slabs(ds: h5py.Dataset, start: int, array: np.ndarray, rows: int) -> 
     Each chunk goes to the file straight from a view of the block; the last
     chunk of a frame, past its end, is padded into a chunk-sized copy.
     """
-    array = np.ascontiguousarray(array)  # the chunks' bytes, in the file's byte order
+    array = np.ascontiguousarray(array)  # the chunks' bytes
     length = array.shape[1]
     whole = length - length % rows
     inner = (0,) * (ds.ndim - 2)
