@@ -9,6 +9,7 @@ in their own processes; the store runs in another one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.grpc_baseline import push
+from benchmarks.grpc_baseline import pull, push, round_trip
 from benchmarks.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,19 +54,36 @@ def start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
     return process, line.strip()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds that process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def median(rows: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in rows))
 
 
 def writers(
-    address: str, data: Path, name: str, scale: float, repeats: int, zstd: bool = False
+    store: int,
+    address: str,
+    data: Path,
+    name: str,
+    scale: float,
+    repeats: int,
+    zstd: bool = False,
 ) -> dict[str, Any]:
-    """Local, remote and raw h5py writers on one workload, interleaved."""
+    """Local, remote and raw h5py writers on one workload, interleaved.
+
+    Remote rows also count the CPU the store (process ``store``) used.
+    """
     extra = ["--scale", str(scale)] + (["--zstd"] if zstd else [])
     rows: dict[str, list[dict[str, Any]]] = {"local": [], "remote": [], "h5py": []}
     for _ in range(repeats):
         rows["local"].append(worker("local", name, str(data / f"local-{name}.h5"), *extra))
-        rows["remote"].append(worker("remote", name, f"{address}/bench/{name}", *extra))
+        before = cpu_seconds(store)
+        remote = worker("remote", name, f"{address}/bench/{name}", *extra)
+        rows["remote"].append({**remote, "store_cpu_s": cpu_seconds(store) - before})
         if not zstd:
             rows["h5py"].append(worker("h5py", name, str(data / f"h5py-{name}.h5"), *extra))
     load = workload(name, scale)
@@ -141,13 +159,18 @@ def fan_in(address: str, data: Path, scale: float, clients: int, repeats: int) -
     }
 
 
-def reads(address: str, data: Path, run: str, samples: int) -> dict[str, Any]:
-    """Remote reads against local reads of the same file, each reader a process of its own."""
+def reads(address: str, data: Path, run: str, samples: int, bare: str) -> dict[str, Any]:
+    """Remote reads against local reads of the same file, each reader a process of its own.
+
+    Also the same amounts of bytes through bare gRPC calls to ``bare``
+    (the limits of the wire): the whole dataset streamed in messages as large
+    as the store's, and one frame's bytes as the reply of a unary call.
+    """
     from trajstore import HDF5StorageReader
 
     path = data / f"{run}.h5"
     with HDF5StorageReader(path) as warm:  # both read from the page cache: the harder case
-        warm.focus_group("group['traj']").read(slice(None))
+        pos = warm.focus_group("group['traj']").read(slice(None), select=lambda s: s["pos"])
     common = ["--samples", str(samples)]
     out: dict[str, Any] = {
         "local": reader("local", str(path), *common),
@@ -155,6 +178,12 @@ def reads(address: str, data: Path, run: str, samples: int) -> dict[str, Any]:
         "remote_keep_large_buffers": reader(
             "remote", f"{address}/{run}", *common, "--keep-large-buffers"
         ),
+    }
+    whole, frame = pos.nbytes, pos[0].nbytes
+    out["bare_grpc"] = {
+        "whole_mb_s": whole / pull(bare, whole, min(whole, 16 << 20)) / 1e6,
+        "frame_round_trip_ms": round_trip(bare, frame, samples) * 1e3,
+        "frame_bytes": frame,
     }
     local = out["local"]["whole_mb_s"]
     out["whole_remote_vs_local"] = out["remote"]["whole_mb_s"] / local
@@ -195,6 +224,17 @@ def table(results: dict[str, Any]) -> str:
             f"{h5}  {r['remote_vs_local']:11.2f}x  {r['remote']['log_median_us']:9.0f} / "
             f"{r['remote']['log_p99_us']:<9.0f}          {r['remote']['rss_growth_mb']:6.0f}"
         )
+    lines.append("CPU seconds (user + system): local writer | remote client + store")
+    for name in ("md", "md_zstd", "scalars", "big"):
+        r = results.get(name)
+        if not r:
+            continue
+        local, remote = r["local"], r["remote"]
+        client = remote["cpu_user_s"] + remote["cpu_system_s"]
+        lines.append(
+            f"  {name:12s} {local['cpu_user_s'] + local['cpu_system_s']:6.2f} | "
+            f"{client:.2f} + {remote['store_cpu_s']:.2f} = {client + remote['store_cpu_s']:.2f}"
+        )
     if "scalars" in results:
         r = results["scalars"]
         lines.append(
@@ -226,6 +266,12 @@ def table(results: dict[str, Any]) -> str:
             f"({r['whole_remote_keep_large_buffers_vs_local']:.2f}x), random frame "
             f"{tuned['random_frame_median_ms']:.2f} ms, chunked {tuned['chunked_mb_s']:.0f} MB/s"
         )
+        bare = r["bare_grpc"]
+        lines.append(
+            f"bare gRPC, the same bytes: whole dataset streamed {bare['whole_mb_s']:.0f} MB/s, "
+            f"one frame ({bare['frame_bytes'] / 1e3:.0f} KB) as a unary reply "
+            f"{bare['frame_round_trip_ms']:.2f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -256,16 +302,21 @@ def main() -> int:
     sink, port = start([sys.executable, "-m", "benchmarks.grpc_baseline", "serve"])
     results: dict[str, Any] = {"machine": machine(), "scale": scale, "repeats": repeats}
     try:
-        results["md"] = writers(address, data, "md", scale, repeats)
-        results["md_zstd"] = writers(address, data, "md", scale, repeats, zstd=True)
-        results["scalars"] = writers(address, data, "scalars", scale, repeats)
-        results["big"] = writers(address, data, "big", scale, repeats)
+        measure = functools.partial(writers, store.pid, address, data)
+        results["md"] = measure("md", scale, repeats)
+        results["md_zstd"] = measure("md", scale, repeats, zstd=True)
+        results["scalars"] = measure("scalars", scale, repeats)
+        results["big"] = measure("big", scale, repeats)
         total = results["md"]["bytes"]
         results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
         results["fan_in"] = fan_in(address, data, scale / 2, 8, repeats)
         worker("remote", "md", f"{address}/bench/read", "--scale", str(scale))
         results["reads"] = reads(
-            address, data / "store", "bench/read", samples=50 if args.quick else 200
+            address,
+            data / "store",
+            "bench/read",
+            samples=50 if args.quick else 200,
+            bare=f"127.0.0.1:{port}",
         )
     finally:
         sink.kill()

@@ -103,6 +103,7 @@ def run_writer(
         sys.stdin.readline()
     began_at = time.time()
     latencies = np.empty(load.steps)
+    cpu_before = os.times()
     started = time.perf_counter()
     if kind == "h5py":
         _raw_h5py(load, target, states)
@@ -124,6 +125,7 @@ def run_writer(
                 writer.log(state, step)
                 latencies[step] = time.perf_counter() - t
     seconds = time.perf_counter() - started
+    cpu_after = os.times()
     logged = latencies if kind != "h5py" else np.zeros(1)
     return {
         "seconds": seconds,
@@ -132,6 +134,8 @@ def run_writer(
         "log_median_us": float(np.median(logged) * 1e6),
         "log_p99_us": float(np.percentile(logged, 99) * 1e6),
         "rss_growth_mb": _rss_mb() - rss_before,
+        "cpu_user_s": cpu_after.user - cpu_before.user,
+        "cpu_system_s": cpu_after.system - cpu_before.system,
         "bytes": load.steps * load.frame_bytes(),
     }
 

@@ -107,6 +107,20 @@ def test_missing_and_foreign_files(tmp_path):
         pass
 
 
+def test_a_group_without_its_frame_count_is_a_schema_error(tmp_path):
+    import h5py
+
+    with HDF5StorageWriter(tmp_path / "r.h5", md_config(), md_state(), 4) as writer:
+        for step in range(4):
+            writer.log(md_state(), step)
+    with h5py.File(tmp_path / "r.h5", "a") as f:
+        del f["group['traj']"].attrs["frames"]
+    with HDF5StorageReader(tmp_path / "r.h5") as reader:
+        assert len(reader.focus_group("group['energy']")) == 4  # the other groups still read
+        with pytest.raises(E.SchemaError, match="frame count"):
+            reader.focus_group("group['traj']").read(0)
+
+
 def test_create_mode_refuses_an_existing_file(tmp_path):
     (tmp_path / "r.h5").write_bytes(b"precious")
     writer = HDF5StorageWriter(tmp_path / "r.h5", md_config(), md_state(), 10, mode="create")

@@ -208,7 +208,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 raise errors.ResourceExhaustedError(
                     f"{total} bytes do not fit one message ({self.part_bytes}): use Read"
                 )
-            arrays = reader.read(group, leaves, index, frames=frames)
+            arrays = reader.read_plans(group, leaves, plans, frames=frames)
         self._count_read(total)
         return qpb.FetchResponse(
             results=[qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans],
