@@ -35,6 +35,7 @@ UNARY = [
     "/trajstore.v1.QueryService/Fetch",
 ]
 SERVER_STREAMING = ["/trajstore.v1.QueryService/Read", "/trajstore.v1.QueryService/Follow"]
+BIDI_STREAMING = ["/trajstore.v1.IngestService/Write", "/trajstore.v1.QueryService/FetchStream"]
 #: Codes a well-behaved store answers bad input with (never INTERNAL or UNKNOWN).
 TYPED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -101,13 +102,12 @@ def test_random_bytes_on_every_rpc(hostile_store, payload):
             assert e.code() in TYPED | {grpc.StatusCode.INTERNAL}, (method, e)
             if e.code() == grpc.StatusCode.INTERNAL:
                 assert "deserializ" in (e.details() or "").lower(), (method, e.details())
-    write = hostile_store.channel.stream_stream(
-        "/trajstore.v1.IngestService/Write", lambda b: b, lambda b: b
-    )
-    try:
-        list(write(iter([payload, payload]), timeout=30))
-    except grpc.RpcError as e:
-        assert e.code() in TYPED | {grpc.StatusCode.INTERNAL}, e
+    for method in BIDI_STREAMING:
+        call = hostile_store.channel.stream_stream(method, lambda b: b, lambda b: b)
+        try:
+            list(call(iter([payload, payload]), timeout=30))
+        except grpc.RpcError as e:
+            assert e.code() in TYPED | {grpc.StatusCode.INTERNAL}, (method, e)
     assert_serving(hostile_store)
 
 
@@ -193,6 +193,11 @@ def test_random_reads_get_typed_errors(hostile_store, run, group, leaf_ids, inde
             assert e.code() in TYPED, (e.code(), e.details())
     try:
         stub.Fetch(qpb.FetchRequest(read=read), timeout=30)
+    except grpc.RpcError as e:
+        assert e.code() in TYPED, (e.code(), e.details())
+    try:  # the same read twice on one stream: the first error ends it, typed
+        for _ in stub.FetchStream(iter([qpb.FetchStreamRequest(read=read)] * 2), timeout=30):
+            pass
     except grpc.RpcError as e:
         assert e.code() in TYPED, (e.code(), e.details())
     assert_serving(hostile_store)

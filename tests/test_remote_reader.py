@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -24,7 +26,7 @@ from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
 
 from helpers import advance, md_config, md_state
-from servers import start_store
+from servers import start_store, wait_until
 
 
 def write(store, run, steps=20, **kwargs):
@@ -157,7 +159,7 @@ def test_one_frame_is_one_fetch_and_a_frame_too_big_for_a_message_streams(tmp_pa
         with connect(store.address) as client:
             with client.open_run("small") as reader:
                 calls = reader.calls
-                calls.stub.Fetch = spy(calls.stub.Fetch, "Fetch", used)
+                calls.fetch = spy(calls.fetch, "Fetch", used)
                 calls.read = spy(calls.read, "Read", used)
                 traj = reader.focus_group("group['traj']")
                 last = traj.read(-1)
@@ -175,6 +177,96 @@ def test_one_frame_is_one_fetch_and_a_frame_too_big_for_a_message_streams(tmp_pa
         expected = local.focus_group("group['traj']")[-1]
     np.testing.assert_array_equal(last["vel"], expected["vel"])
     np.testing.assert_array_equal(last["pos"][1:], expected["pos"][1:])
+
+
+def assert_frames_equal(got, expected):
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_frames_read_one_at_a_time_share_one_fetch_stream(tmp_path):
+    store = start_store(tmp_path / "data", "--max-workers", "4")  # room for one fetch stream
+    try:
+        write(store, "run")
+        with HDF5StorageReader(store.run_file("run")) as local:
+            expected = [local.focus_group("group['traj']")[i] for i in range(20)]
+        with (
+            connect(store.address) as client,
+            client.open_run("run") as first,
+            client.open_run("run") as second,
+        ):
+            stream = first.calls.fetch_stream
+            stream.idle_seconds = 0.5
+            traj = first.focus_group("group['traj']")
+            for i in (3, 0, 19, 7):
+                assert_frames_equal(traj.read(i), expected[i])
+            assert stream.is_open
+            # The store's only fetch stream is taken: the second reader is
+            # refused one and makes Fetch calls.
+            assert_frames_equal(second.focus_group("group['traj']").read(5), expected[5])
+            assert not second.calls.fetch_stream.is_open
+            # A bad index ends the stream with the typed error; the next read opens another.
+            with pytest.raises(E.FrameIndexError):
+                traj.read(20)
+            assert not stream.is_open
+            assert_frames_equal(traj.read(-1), expected[19])
+            assert stream.is_open
+            # Idle, the stream ends and its thread on the store is free for another reader.
+            wait_until(lambda: not stream.is_open, timeout=30)
+            with client.open_run("run") as third:
+                assert_frames_equal(third.focus_group("group['traj']").read(2), expected[2])
+                assert third.calls.fetch_stream.is_open
+    finally:
+        assert store.stop() == 0
+
+
+def test_threads_reading_frames_of_one_reader_all_get_theirs(tmp_path):
+    store = start_store(tmp_path / "data")
+    try:
+        write(store, "run")
+        with HDF5StorageReader(store.run_file("run")) as local:
+            expected = [local.focus_group("group['traj']")[i] for i in range(20)]
+        failures = []
+        with connect(store.address) as client, client.open_run("run") as reader:
+            traj = reader.focus_group("group['traj']")
+
+            def read_all(offset):
+                try:
+                    for k in range(60):
+                        i = (offset + k) % 20
+                        assert_frames_equal(traj.read(i), expected[i])
+                except BaseException as e:  # reported below
+                    failures.append(e)
+
+            threads = [threading.Thread(target=read_all, args=(t,)) for t in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not failures, failures
+    finally:
+        assert store.stop() == 0
+
+
+def test_a_store_that_stops_answering_a_fetch_stream_is_unavailable(tmp_path):
+    store = start_store(tmp_path / "data")
+    try:
+        write(store, "run")
+        with connect(store.address, timeout=1.0) as client, client.open_run("run") as reader:
+            traj = reader.focus_group("group['traj']")
+            traj.read(0)
+            assert reader.calls.fetch_stream.is_open
+            os.kill(store.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(E.UnavailableError, match="did not answer"):
+                    traj.read(1)
+            finally:
+                os.kill(store.process.pid, signal.SIGCONT)
+            with HDF5StorageReader(store.run_file("run")) as local:
+                assert_frames_equal(traj.read(2), local.focus_group("group['traj']")[2])
+    finally:
+        assert store.stop() == 0
 
 
 def spy(method, name, used):

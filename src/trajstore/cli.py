@@ -139,7 +139,10 @@ def main() -> None:
     default=64,
     show_default=True,
     show_envvar=True,
-    help="Threads serving calls (each open write stream holds one).",
+    help=(
+        "Threads serving calls (each open write stream holds one; readers' "
+        "fetch streams hold at most a quarter)."
+    ),
 )
 @click.option(
     "--log-level",

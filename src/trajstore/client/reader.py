@@ -16,6 +16,7 @@ import numpy as np
 from trajstore import wire
 from trajstore.blockcodec import IncomingPart, query_stream
 from trajstore.client.channel import call_metadata, open_channel
+from trajstore.client.fetch_stream import FetchStream
 from trajstore.errors import NotOpenError, ResourceExhaustedError
 from trajstore.read_ahead import read_ahead
 from trajstore.reading import GroupReader, group_position
@@ -88,6 +89,7 @@ class _Calls:
         self.follow = query_stream(self.channel, "Follow")
         self.metadata = call_metadata(token)
         self.timeout = timeout
+        self.fetch_stream = FetchStream(self.channel, self.metadata, timeout=timeout)
 
     def unary(self, method: Callable[..., T], request: Any) -> T:
         try:
@@ -103,7 +105,16 @@ class _Calls:
         except grpc.RpcError as e:
             raise wire.error_from_rpc(e) from None
 
+    def fetch(self, read: qpb.ReadRequest) -> qpb.FetchResponse | qpb.FetchStreamResponse:
+        """A one-message read: on the open fetch stream if it can be used, else a Fetch call."""
+        response = self.fetch_stream.fetch(read)
+        if response is None:
+            fetched: qpb.FetchResponse = self.unary(self.stub.Fetch, qpb.FetchRequest(read=read))
+            return fetched
+        return response
+
     def close(self) -> None:
+        self.fetch_stream.close()
         self.channel.close()
 
 
@@ -121,7 +132,9 @@ def _assemble(
     return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
 
 
-def _unpack(response: qpb.FetchResponse, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
+def _unpack(
+    response: qpb.FetchResponse | qpb.FetchStreamResponse, dtypes: Sequence[np.dtype[Any]]
+) -> list[Any]:
     arrays = []
     for result, data, dtype in zip(response.results, response.data, dtypes, strict=True):
         array = np.frombuffer(data, dtype).reshape(tuple(result.shape)).copy()  # writable
@@ -153,7 +166,7 @@ class _RemoteLeaves:
         dtypes = [self.spec.leaves[i].np_dtype for i in leaves]
         if self._fits_one_message(leaves, index):
             try:
-                fetched = calls.unary(calls.stub.Fetch, qpb.FetchRequest(read=request))
+                fetched = calls.fetch(request)
             except ResourceExhaustedError:
                 pass  # more than this store's messages hold: stream it
             else:

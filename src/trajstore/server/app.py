@@ -60,7 +60,11 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     add_services(
         server,
         IngestServicer(registry),
-        QueryServicer(registry, part_bytes=config.limits.max_message_bytes),
+        QueryServicer(
+            registry,
+            part_bytes=config.limits.max_message_bytes,
+            fetch_streams=max(1, config.max_workers // 4),
+        ),
     )
     registry.health = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(registry.health, server)

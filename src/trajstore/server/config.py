@@ -53,7 +53,8 @@ class ServerConfig:
         lease_seconds: A writer session idle this long is released.
         compress_threads: Threads compressing whole chunks of compressed
             groups, shared by every run (default: one per CPU).
-        max_workers: Threads serving RPCs (each open stream holds one).
+        max_workers: Threads serving RPCs (each open stream holds one; at
+            most a quarter of them serve readers' fetch streams).
         metrics_listen: ``host:port`` for the Prometheus ``/metrics`` endpoint
             (``None``: no endpoint).
         tokens: Accepted bearer tokens and their roles (none: no access control,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +39,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         part_bytes: Largest data part per response message.
         read_chunk_bytes: Largest piece of a result held in memory at once.
         poll_interval: Longest wait between checks of a followed run.
+        fetch_streams: FetchStream calls open at once (each holds a thread
+            while it lasts); beyond them clients use Fetch.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         part_bytes: int = 4 << 20,
         read_chunk_bytes: int = 16 << 20,
         poll_interval: float = 1.0,
+        fetch_streams: int = 16,
     ) -> None:
         self.registry = registry
         self.files = registry.files
@@ -54,6 +58,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         self.part_bytes = part_bytes
         self.read_chunk_bytes = read_chunk_bytes
         self.poll_interval = poll_interval
+        self.fetch_streams = fetch_streams
+        self._fetch_streams = threading.BoundedSemaphore(fetch_streams)
 
     def _count_read(self, nbytes: int) -> None:
         if self.registry.metrics is not None:
@@ -189,14 +195,10 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         except Exception as e:
             abort_with(context, e)
 
-    @typed_errors
-    def Fetch(  # noqa: N802 (gRPC method name)
-        self, request: qpb.FetchRequest, context: grpc.ServicerContext
-    ) -> qpb.FetchResponse:
-        """``array[index]`` of chosen leaves in one message (a frame, a few frames)."""
+    def _fetch(self, read: qpb.ReadRequest) -> tuple[list[qpb.LeafResult], list[bytes]]:
+        """``array[index]`` of chosen leaves, as one message holds them (Fetch, FetchStream)."""
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
-        read = request.read
         index = wire.index_from_proto(read.index, read.index_is_tuple)
         with self.files.reading(read.run) as reader:
             group = reader.group_index(read.group)
@@ -210,10 +212,35 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 )
             arrays = reader.read_plans(group, leaves, plans, frames=frames)
         self._count_read(total)
-        return qpb.FetchResponse(
-            results=[qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans],
-            data=[np.ascontiguousarray(array).tobytes() for array in arrays],
-        )
+        results = [qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans]
+        return results, [np.ascontiguousarray(array).tobytes() for array in arrays]
+
+    @typed_errors
+    def Fetch(  # noqa: N802 (gRPC method name)
+        self, request: qpb.FetchRequest, context: grpc.ServicerContext
+    ) -> qpb.FetchResponse:
+        """``array[index]`` of chosen leaves in one message (a frame, a few frames)."""
+        results, data = self._fetch(request.read)
+        return qpb.FetchResponse(results=results, data=data)
+
+    def FetchStream(  # noqa: N802 (gRPC method name)
+        self, requests: Iterator[qpb.FetchStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[qpb.FetchStreamResponse]:
+        """Fetch for each request of one long-lived call; the first error ends it."""
+        if not self._fetch_streams.acquire(blocking=False):
+            context.abort(  # no error class: the client falls back to Fetch
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this store serves {self.fetch_streams} fetch streams at once: use Fetch",
+            )
+        try:
+            for request in requests:
+                results, data = self._fetch(request.read)
+                yield qpb.FetchStreamResponse(results=results, data=data)
+        except Exception as e:
+            if context.is_active():  # not the client leaving
+                abort_with(context, e)
+        finally:
+            self._fetch_streams.release()
 
     def Follow(  # noqa: N802 (gRPC method name)
         self, request: qpb.FollowRequest, context: grpc.ServicerContext

@@ -139,6 +139,20 @@ class FetchResponse(_message.Message):
     data: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, results: _Optional[_Iterable[_Union[LeafResult, _Mapping]]] = ..., data: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class FetchStreamRequest(_message.Message):
+    __slots__ = ("read",)
+    READ_FIELD_NUMBER: _ClassVar[int]
+    read: ReadRequest
+    def __init__(self, read: _Optional[_Union[ReadRequest, _Mapping]] = ...) -> None: ...
+
+class FetchStreamResponse(_message.Message):
+    __slots__ = ("results", "data")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[LeafResult]
+    data: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, results: _Optional[_Iterable[_Union[LeafResult, _Mapping]]] = ..., data: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class FollowRequest(_message.Message):
     __slots__ = ("run", "group", "leaves", "start")
     RUN_FIELD_NUMBER: _ClassVar[int]

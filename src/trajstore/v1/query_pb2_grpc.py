@@ -54,6 +54,11 @@ class QueryServiceStub:
                 request_serializer=trajstore_dot_v1_dot_query__pb2.FetchRequest.SerializeToString,
                 response_deserializer=trajstore_dot_v1_dot_query__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.FetchStream = channel.stream_stream(
+                '/trajstore.v1.QueryService/FetchStream',
+                request_serializer=trajstore_dot_v1_dot_query__pb2.FetchStreamRequest.SerializeToString,
+                response_deserializer=trajstore_dot_v1_dot_query__pb2.FetchStreamResponse.FromString,
+                _registered_method=True)
         self.Follow = channel.unary_stream(
                 '/trajstore.v1.QueryService/Follow',
                 request_serializer=trajstore_dot_v1_dot_query__pb2.FollowRequest.SerializeToString,
@@ -88,6 +93,12 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Follow(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -116,6 +127,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=trajstore_dot_v1_dot_query__pb2.FetchRequest.FromString,
                     response_serializer=trajstore_dot_v1_dot_query__pb2.FetchResponse.SerializeToString,
+            ),
+            'FetchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FetchStream,
+                    request_deserializer=trajstore_dot_v1_dot_query__pb2.FetchStreamRequest.FromString,
+                    response_serializer=trajstore_dot_v1_dot_query__pb2.FetchStreamResponse.SerializeToString,
             ),
             'Follow': grpc.unary_stream_rpc_method_handler(
                     servicer.Follow,
@@ -231,6 +247,33 @@ class QueryService:
             '/trajstore.v1.QueryService/Fetch',
             trajstore_dot_v1_dot_query__pb2.FetchRequest.SerializeToString,
             trajstore_dot_v1_dot_query__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/trajstore.v1.QueryService/FetchStream',
+            trajstore_dot_v1_dot_query__pb2.FetchStreamRequest.SerializeToString,
+            trajstore_dot_v1_dot_query__pb2.FetchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
