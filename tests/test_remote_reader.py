@@ -221,6 +221,29 @@ def test_frames_read_one_at_a_time_share_one_fetch_stream(tmp_path):
         assert store.stop() == 0
 
 
+def test_one_frame_reads_see_a_closed_run_grow_when_it_is_appended_to_or_overwritten(store):
+    def log_steps(steps, mode):
+        config = {"x": WriterGroupConfig(view(lambda s: s["x"]), EveryNStep(1))}
+        first = {"x": np.zeros(4, np.float32)}
+        with RemoteStorageWriter(
+            store.address, "grows", config, first, 100, mode=mode, compile_views=False
+        ) as log:
+            for step in steps:
+                log.log({"x": np.full(4, step, np.float32)}, step)
+
+    log_steps(range(10), "create")
+    with connect(store.address) as client, client.open_run("grows") as reader:
+        x = reader.focus_group("group['x']")
+        assert x.read(-1)[0] == 9  # the store now holds the run's frame count
+        log_steps(range(10, 15), "append")
+        assert x.read(-1)[0] == 14
+        assert x.read(14)[0] == 14
+        log_steps(range(3), "overwrite")
+        assert x.read(-1)[0] == 2
+        with pytest.raises(E.FrameIndexError):
+            x.read(3)
+
+
 def test_threads_reading_frames_of_one_reader_all_get_theirs(tmp_path):
     store = start_store(tmp_path / "data")
     try:

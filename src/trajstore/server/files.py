@@ -10,6 +10,7 @@ it for writing waits until they are done and drops the cached handle.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,7 +29,16 @@ class _Entry:
     readers: int = 0
     writing: bool = False
     handle: RunFileReader | None = None
+    evicted: bool = False  # dropped from RunFiles: whoever holds it looks the run up again
     changed: threading.Condition = field(default_factory=threading.Condition)
+
+
+def _readable(entry: _Entry) -> bool:
+    return not entry.writing
+
+
+def _writable(entry: _Entry) -> bool:
+    return not entry.writing and entry.readers == 0
 
 
 class RunFiles:
@@ -36,7 +46,10 @@ class RunFiles:
 
     Args:
         data_dir: The data directory.
-        max_cached: Read handles kept open between requests.
+        max_cached: Runs remembered between requests, each with its read
+            handle kept open; beyond them the least recently used idle ones
+            are forgotten (so asking for many runs, existing or not, costs
+            bounded memory and no per-read scan).
     """
 
     def __init__(self, data_dir: Path, max_cached: int = 64) -> None:
@@ -53,22 +66,34 @@ class RunFiles:
             self._entries.move_to_end(run)
             return entry
 
+    def __len__(self) -> int:
+        """Runs remembered now."""
+        return len(self._entries)
+
     @contextlib.contextmanager
     def reading(self, run: str) -> Iterator[RunFileReader]:
         """A read handle on ``run`` for the duration of the block."""
         entry = self._entries.get(run)
         if entry is None or entry.handle is None:
             run_path(self.data_dir, run)  # validate the name before it becomes a key
-            entry = self._entry(run)
-        with entry.changed:
-            entry.changed.wait_for(lambda: not entry.writing)
-            if entry.handle is None:
-                path = run_path(self.data_dir, run)
-                if not path.exists():
-                    raise RunNotFoundError(f"no run {run!r}")
-                entry.handle = RunFileReader(path)
-            entry.readers += 1
-            handle = entry.handle
+        while True:
+            entry = entry or self._entry(run)
+            with entry.changed:
+                entry.changed.wait_for(functools.partial(_readable, entry))
+                if entry.evicted:
+                    entry = None
+                    continue
+                if entry.handle is None:
+                    path = run_path(self.data_dir, run)
+                    if path.exists():
+                        entry.handle = RunFileReader(path)
+                if entry.handle is not None:
+                    entry.readers += 1
+                handle = entry.handle
+                break
+        if handle is None:
+            self._evict_idle()  # the entry just made for it counts against the bound
+            raise RunNotFoundError(f"no run {run!r}")
         try:
             yield handle
         finally:
@@ -80,32 +105,41 @@ class RunFiles:
     @contextlib.contextmanager
     def writing(self, run: str) -> Iterator[None]:
         """Exclusive access to ``run`` while it is opened for writing."""
-        entry = self._entry(run)
-        with entry.changed:
-            entry.changed.wait_for(lambda: not entry.writing and entry.readers == 0)
-            entry.writing = True
-            if entry.handle is not None:
-                entry.handle.close()
-                entry.handle = None
+        while True:
+            entry = self._entry(run)
+            with entry.changed:
+                entry.changed.wait_for(functools.partial(_writable, entry))
+                if entry.evicted:
+                    continue
+                entry.writing = True
+                if entry.handle is not None:
+                    entry.handle.close()
+                    entry.handle = None
+                break
         try:
             yield
         finally:
             with entry.changed:
                 entry.writing = False
                 entry.changed.notify_all()
+            self._evict_idle()
 
     def _evict_idle(self) -> None:
-        """Close the least recently used idle handles beyond ``max_cached``."""
+        """Forget the least recently used idle runs beyond ``max_cached``, closing their handles."""
+        if len(self._entries) <= self.max_cached:
+            return
         with self._lock:
-            cached = [(run, e) for run, e in self._entries.items() if e.handle is not None]
-            excess = len(cached) - self.max_cached
-            for run, entry in cached:
+            excess = len(self._entries) - self.max_cached
+            for run, entry in list(self._entries.items()):  # least recently used first
                 if excess <= 0:
                     break
                 with entry.changed:
-                    if entry.readers == 0 and not entry.writing and entry.handle is not None:
-                        entry.handle.close()
-                        entry.handle = None
+                    if entry.readers == 0 and not entry.writing:
+                        if entry.handle is not None:
+                            entry.handle.close()
+                            entry.handle = None
+                        entry.evicted = True
+                        entry.changed.notify_all()
                         del self._entries[run]
                         excess -= 1
 

@@ -73,10 +73,14 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         return [reader.frames(i) for i in range(len(reader.spec.groups))]
 
     def _group_frames(self, reader: RunFileReader, run: str, group: int) -> int:
+        """Frames of a group that reads see: those acknowledged to its writer, if any."""
         session = self.registry.session_for(run)
         if session is not None and not session.closed:
             return session.ack.frames[group]
-        return reader.frames(group)
+        # Without a writer the count is kept with the handle: a writer opening
+        # the run waits for the reads holding this handle, then drops it
+        # (RunFiles.writing), so the count cannot change under its copy.
+        return reader.frames(group, cached=not self.registry.is_open(run))
 
     def _info(self, run: str, reader: RunFileReader) -> qpb.RunInfo:
         session = self.registry.session_for(run)

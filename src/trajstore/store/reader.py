@@ -63,6 +63,7 @@ class RunFileReader:
         # Open handles, kept: looking a path up in HDF5 costs more than a small read.
         self._groups: dict[int, h5py.Group] = {}
         self._datasets: dict[tuple[int, int], h5py.Dataset] = {}
+        self._frames_cache: dict[int, int] = {}
 
     def _read_spec(self) -> RunSpec:
         attrs = self._file.attrs
@@ -114,8 +115,17 @@ class RunFileReader:
                 f"no group {name!r} in {self.path.name}; groups: {self.spec.group_names}"
             ) from None
 
-    def frames(self, group: int) -> int:
-        """Frames of ``group`` that the writer has made durable."""
+    def frames(self, group: int, *, cached: bool = False) -> int:
+        """Frames of ``group`` that the writer has made durable.
+
+        Args:
+            group: Group position.
+            cached: Reuse the count read by an earlier call with ``cached``
+                -- for a caller that knows nobody writes the file while this
+                handle is open (the store, for a run without a writer).
+        """
+        if cached and group in self._frames_cache:
+            return self._frames_cache[group]
         # The attribute through h5py's low-level API: a third of the time of
         # ``attrs[...]``, and asked for on every read of a run being written.
         self._check_open()
@@ -126,6 +136,8 @@ class RunFileReader:
             raise SchemaError(f"{self.path}: group {name} has no frame count") from None
         count = np.empty((), np.int64)
         attribute.read(count)
+        if cached:
+            self._frames_cache[group] = int(count)
         return int(count)
 
     def _check_open(self) -> None:

@@ -1,0 +1,91 @@
+"""The store's read handles: shared by reads, dropped for writers, bounded in number."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from trajstore import HDF5StorageWriter
+from trajstore import errors as E
+from trajstore.server.files import RunFiles
+
+from helpers import md_config, md_state
+
+
+def make_run(data_dir, name):
+    with HDF5StorageWriter(data_dir / f"{name}.h5", md_config(), md_state(), 2) as writer:
+        writer.log(md_state(), 0)
+
+
+def test_asking_for_many_runs_that_do_not_exist_remembers_a_bounded_number(tmp_path):
+    files = RunFiles(tmp_path, max_cached=4)
+    for i in range(200):
+        with pytest.raises(E.RunNotFoundError), files.reading(f"absent-{i}"):
+            pass
+    assert len(files) <= 4
+
+
+def test_idle_runs_beyond_the_bound_are_forgotten_and_reopen_on_demand(tmp_path):
+    for name in "abcdef":
+        make_run(tmp_path, name)
+    files = RunFiles(tmp_path, max_cached=2)
+    with files.reading("a") as a:
+        for name in "bcdef":  # a stays open: it is being read
+            with files.reading(name) as handle:
+                assert handle.frames(0) == 1
+        assert a.frames(0) == 1
+        assert len(files) <= 3
+    assert len(files) <= 2
+    for name in "abcdef":
+        with files.reading(name) as handle:
+            assert handle.frames(0) == 1
+
+
+def test_a_writer_waits_for_reads_and_the_next_read_gets_a_new_handle(tmp_path):
+    make_run(tmp_path, "r")
+    files = RunFiles(tmp_path, max_cached=1)
+    order = []
+    with files.reading("r") as before:
+
+        def write():
+            with files.writing("r"):
+                order.append("writing")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.2)
+        order.append("read done")
+    writer.join(30)
+    assert order == ["read done", "writing"]
+    with files.reading("r") as after:
+        assert after is not before and after.frames(0) == 1
+
+
+def test_reads_and_writes_of_many_runs_from_many_threads_keep_the_bound(tmp_path):
+    names = [f"run-{i}" for i in range(12)]
+    for name in names:
+        make_run(tmp_path, name)
+    files = RunFiles(tmp_path, max_cached=3)
+    failures = []
+
+    def work(seed):
+        try:
+            for k in range(150):
+                name = names[(seed * 7 + k) % len(names)]
+                if k % 25 == 0:
+                    with files.writing(name):
+                        pass
+                else:
+                    with files.reading(name) as handle:
+                        assert handle.frames(0) == 1
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert len(files) <= 3
