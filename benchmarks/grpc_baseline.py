@@ -3,12 +3,14 @@
 ``python -m benchmarks.grpc_baseline serve`` prints its port and serves three
 methods whose handlers do nothing but move bytes: :func:`push` streams bytes
 to it (the limit of ingest), :func:`pull` streams bytes from it in large
-messages (the limit of a whole-dataset read) and :func:`round_trip` asks for
-one small reply at a time (the limit of a one-frame read).
+messages (the limit of a whole-dataset read), :func:`round_trip` asks for
+one small reply at a time in unary calls and :func:`stream_round_trip` on
+one open stream (the limits of a one-frame read).
 """
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
 from collections.abc import Iterator
@@ -49,6 +51,11 @@ def _reply(request: bytes, context: grpc.ServicerContext) -> bytes:
     return bytes(int(request))
 
 
+def _replies(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    for request in requests:
+        yield bytes(int(request))
+
+
 def serve() -> None:
     """Run the server until killed."""
     server = grpc.server(futures.ThreadPoolExecutor(4), options=OPTIONS)
@@ -59,6 +66,7 @@ def serve() -> None:
             "Push": grpc.stream_unary_rpc_method_handler(_push, **codec),
             "Pull": grpc.unary_stream_rpc_method_handler(_pull, **codec),
             "Reply": grpc.unary_unary_rpc_method_handler(_reply, **codec),
+            "Replies": grpc.stream_stream_rpc_method_handler(_replies, **codec),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -107,6 +115,26 @@ def round_trip(address: str, size: int, samples: int) -> float:
             started = time.perf_counter()
             call(str(size).encode())
             times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def stream_round_trip(address: str, size: int, samples: int) -> float:
+    """Median seconds from sending a request on an open stream to its ``size`` byte reply."""
+    times = []
+    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    with grpc.insecure_channel(address, options=OPTIONS) as channel:
+        call = channel.stream_stream(f"/{SERVICE}/Replies", _identity, _identity)
+        replies = call(iter(requests.get, None))
+        for _ in range(10):  # connect, warm up
+            requests.put(str(size).encode())
+            next(replies)
+        for _ in range(samples):
+            started = time.perf_counter()
+            requests.put(str(size).encode())
+            next(replies)
+            times.append(time.perf_counter() - started)
+        requests.put(None)
+        replies.cancel()
     return float(np.median(times))
 
 
