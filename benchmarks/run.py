@@ -30,8 +30,14 @@ from benchmarks.workloads import workload
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def quiet_disk() -> None:
+    """Write back what earlier runs left dirty, so that no run pays for another's writes."""
+    os.sync()
+
+
 def worker(*args: str, module: str = "benchmarks.workloads") -> dict[str, Any]:
-    """Run one measured writer (or reader) in its own process."""
+    """Run one measured writer (or reader) in its own process, on a quiet disk."""
+    quiet_disk()
     out = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -97,6 +103,7 @@ def writers(
 
 def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> float:
     """One fan-in: ``clients`` remote MD writers started together; their aggregate bytes/s."""
+    quiet_disk()
     procs = [
         subprocess.Popen(
             [
@@ -146,7 +153,11 @@ def fan_in(address: str, data: Path, scale: float, clients: int, repeats: int) -
     for r in range(repeats):
         local = worker("local", "md", str(data / f"fan-local-{r}.h5"), "--scale", str(scale))
         singles.append(local["bytes"] / local["seconds"])
-        aggregates.append(_fan_in_once(address, f"bench/fan-{r}", scale, clients))
+        # Every round overwrites the same runs: gigabytes of earlier rounds' files
+        # left in the page cache made later rounds pay for reclaiming it (on
+        # this machine 450 -> 215 MB/s from the fourth round on, and back to
+        # 476 MB/s with them deleted).
+        aggregates.append(_fan_in_once(address, "bench/fan", scale, clients))
     single = statistics.median(singles)
     aggregate = statistics.median(aggregates)
     return {
