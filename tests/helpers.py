@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,3 +45,21 @@ def md_config(
         "energy": WriterGroupConfig(view(lambda s: s["energy"]), EveryNStep(1)),
         "box": WriterGroupConfig(view(lambda s: s["box"]), Once(), compression=compression),
     }
+
+
+def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` on threads of their own; what they raised."""
+    failures: list[BaseException] = []
+
+    def guarded(number: int) -> None:
+        try:
+            work(number)
+        except BaseException as e:  # returned to the test
+            failures.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures

@@ -25,7 +25,7 @@ from trajstore.store.indexing import plan_index
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
 
-from helpers import advance, md_config, md_state
+from helpers import advance, md_config, md_state, run_in_threads
 from servers import start_store, wait_until
 
 
@@ -250,23 +250,15 @@ def test_threads_reading_frames_of_one_reader_all_get_theirs(tmp_path):
         write(store, "run")
         with HDF5StorageReader(store.run_file("run")) as local:
             expected = [local.focus_group("group['traj']")[i] for i in range(20)]
-        failures = []
         with connect(store.address) as client, client.open_run("run") as reader:
             traj = reader.focus_group("group['traj']")
 
             def read_all(offset):
-                try:
-                    for k in range(60):
-                        i = (offset + k) % 20
-                        assert_frames_equal(traj.read(i), expected[i])
-                except BaseException as e:  # reported below
-                    failures.append(e)
+                for k in range(60):
+                    i = (offset + k) % 20
+                    assert_frames_equal(traj.read(i), expected[i])
 
-            threads = [threading.Thread(target=read_all, args=(t,)) for t in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            failures = run_in_threads(read_all, 4)
         assert not failures, failures
     finally:
         assert store.stop() == 0

@@ -10,7 +10,7 @@ from trajstore import HDF5StorageWriter
 from trajstore import errors as E
 from trajstore.server.files import RunFiles
 
-from helpers import md_config, md_state
+from helpers import md_config, md_state, run_in_threads
 
 
 def make_run(data_dir, name):
@@ -67,25 +67,17 @@ def test_reads_and_writes_of_many_runs_from_many_threads_keep_the_bound(tmp_path
     for name in names:
         make_run(tmp_path, name)
     files = RunFiles(tmp_path, max_cached=3)
-    failures = []
 
     def work(seed):
-        try:
-            for k in range(150):
-                name = names[(seed * 7 + k) % len(names)]
-                if k % 25 == 0:
-                    with files.writing(name):
-                        pass
-                else:
-                    with files.reading(name) as handle:
-                        assert handle.frames(0) == 1
-        except BaseException as e:  # reported below
-            failures.append(e)
+        for k in range(150):
+            name = names[(seed * 7 + k) % len(names)]
+            if k % 25 == 0:
+                with files.writing(name):
+                    pass
+            else:
+                with files.reading(name) as handle:
+                    assert handle.frames(0) == 1
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = run_in_threads(work, 6)
     assert not failures, failures
     assert len(files) <= 3
