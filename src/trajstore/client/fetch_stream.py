@@ -3,7 +3,7 @@
 A unary Fetch pays for setting up a call on every read; on one open stream a
 request and its response are all that travel. Measured on loopback with
 bare gRPC calls and a 120 KB reply: 0.44 ms per message on a stream against
-0.76 ms per unary call (BENCHMARKS.md, item 17).
+0.76 ms per unary call (BENCHMARKS.md, item 18).
 
 The stream is opened on first use and ended after ``idle_seconds`` without a
 read, so that an idle reader does not hold one of the store's threads. A

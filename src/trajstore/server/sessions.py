@@ -8,6 +8,7 @@ import math
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -251,6 +252,9 @@ class RunRegistry:
         self._by_run: dict[str, WriterSession] = {}
         self._by_id: dict[str, WriterSession] = {}
         self._opening: set[str] = set()
+        # Runs whose writer is still flushing after it was forgotten (its
+        # frame count is not final yet), and how many such writers each has.
+        self._closing: Counter[str] = Counter()
         # Every run's whole chunks are compressed on these threads (store/stored.py).
         self._chunk_pool = ThreadPoolExecutor(
             max_workers=config.compress_threads, thread_name_prefix="trajstore-compress"
@@ -273,19 +277,19 @@ class RunRegistry:
             mine = held is not None and bool(takeover) and held.id == takeover
             if run in self._opening or (live and not mine):
                 raise RunLockedError(f"run {run!r} is being written by another writer")
-            if held is not None:
-                expired = held
-                self._forget(held)
-            if len(self._by_run) + len(self._opening) >= self.config.limits.max_open_runs:
+            open_runs = len(self._by_run) - (held is not None)  # held is replaced
+            if open_runs + len(self._opening) >= self.config.limits.max_open_runs:
                 raise ResourceExhaustedError(
-                    f"{len(self._by_run)} runs are open; this server allows "
+                    f"{open_runs} runs are open; this server allows "
                     f"{self.config.limits.max_open_runs}"
                 )
+            if held is not None and self._forget(held):  # after the check: it gets closed
+                expired = held
             self._opening.add(run)  # reserved: files are opened outside the lock
         try:
             if expired is not None:
                 why = "taken over" if expired.id == takeover else "lease expired"
-                _close_logged(expired, why)
+                self._close_forgotten(expired, why)
             session = self._create(run, path, mode, spec)
             with self._lock:
                 self._by_run[run] = session
@@ -327,9 +331,9 @@ class RunRegistry:
         return session
 
     def is_open(self, run: str) -> bool:
-        """Whether a writer holds ``run`` (or is opening it)."""
+        """Whether a writer holds ``run`` (or is opening it, or still closing it)."""
         with self._lock:
-            return run in self._by_run or run in self._opening
+            return run in self._by_run or run in self._opening or run in self._closing
 
     def session_for(self, run: str) -> WriterSession | None:
         """The session writing ``run``, if one is open."""
@@ -350,27 +354,48 @@ class RunRegistry:
         if actual_steps is not None:
             session.writer.set_actual_steps(actual_steps)
         with self._lock:
-            self._forget(session)
+            forgotten = self._forget(session)
         try:
             session.writer.close()
         finally:
             session.closed = True
             session.wake()
+            if forgotten:
+                self._closed(session)
         return Ack(session.ack.block, tuple(session.writer.durable_frames))
 
-    def _forget(self, session: WriterSession) -> None:
+    def _forget(self, session: WriterSession) -> bool:
+        """Drop a session that is about to be closed (call with the lock held).
+
+        Returns whether it was still registered: then the caller closes it
+        and reports that with :meth:`_closed`.
+        """
         if self._by_run.get(session.run) is session:
             del self._by_run[session.run]
-        self._by_id.pop(session.id, None)
+        if self._by_id.pop(session.id, None) is None:
+            return False  # someone else is closing it
+        self._closing[session.run] += 1
+        return True
+
+    def _closed(self, session: WriterSession) -> None:
+        """A forgotten session's writer has closed: its run's frames are final."""
+        with self._lock:
+            self._closing[session.run] -= 1
+            if self._closing[session.run] <= 0:
+                del self._closing[session.run]
+
+    def _close_forgotten(self, session: WriterSession, why: str) -> None:
+        try:
+            _close_logged(session, why)
+        finally:
+            self._closed(session)
 
     def close_all(self) -> None:
         """Flush and close every open run (server shutdown)."""
         with self._lock:
-            sessions = list(self._by_id.values())
-            for session in sessions:
-                self._forget(session)
+            sessions = [s for s in list(self._by_id.values()) if self._forget(s)]
         for session in sessions:
-            _close_logged(session, "closing at shutdown")
+            self._close_forgotten(session, "closing at shutdown")
         self._chunk_pool.shutdown(wait=False)
 
     @property
