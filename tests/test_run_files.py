@@ -42,6 +42,22 @@ def test_idle_runs_beyond_the_bound_are_forgotten_and_reopen_on_demand(tmp_path)
             assert handle.frames(0) == 1
 
 
+def test_the_run_read_most_recently_is_the_last_forgotten(tmp_path):
+    for name in "abc":
+        make_run(tmp_path, name)
+    files = RunFiles(tmp_path, max_cached=2)
+
+    def handle_of(name):
+        with files.reading(name) as handle:
+            return handle
+
+    first = handle_of("a")
+    handle_of("b")
+    assert handle_of("a") is first  # read again: now b is the least recent
+    handle_of("c")  # one too many: b is forgotten, a stays open
+    assert handle_of("a") is first
+
+
 def test_a_writer_waits_for_reads_and_the_next_read_gets_a_new_handle(tmp_path):
     make_run(tmp_path, "r")
     files = RunFiles(tmp_path, max_cached=1)

@@ -73,15 +73,14 @@ class RunFiles:
     @contextlib.contextmanager
     def reading(self, run: str) -> Iterator[RunFileReader]:
         """A read handle on ``run`` for the duration of the block."""
-        entry = self._entries.get(run)
-        if entry is None or entry.handle is None:
+        known = self._entries.get(run)
+        if known is None or known.handle is None:
             run_path(self.data_dir, run)  # validate the name before it becomes a key
         while True:
-            entry = entry or self._entry(run)
+            entry = self._entry(run)  # also marks the run recently used
             with entry.changed:
                 entry.changed.wait_for(functools.partial(_readable, entry))
                 if entry.evicted:
-                    entry = None
                     continue
                 if entry.handle is None:
                     path = run_path(self.data_dir, run)
