@@ -15,6 +15,7 @@ from trajstore import (
     WriterGroupConfig,
     view,
 )
+from trajstore.store.reader import RunFileReader
 
 from helpers import advance, md_config, md_state
 
@@ -128,3 +129,22 @@ def test_once_group_without_time_axis(tmp_path):
             len(box)
         np.testing.assert_array_equal(box[1], [0, 1, 0])
         assert "logged once" in repr(box)
+
+
+@pytest.mark.parametrize(("compression", "cached"), [(None, False), (Compression(), True)])
+def test_only_compressed_chunks_go_through_the_chunk_cache(tmp_path, compression, cached):
+    # An uncompressed chunk goes straight into the result (one copy fewer,
+    # and one frame read without its chunk's other frames); a compressed
+    # one is decompressed once into the cache for its neighbours.
+    states = write_md(tmp_path / "r.h5", compression=compression)
+    reader = RunFileReader(tmp_path / "r.h5")
+    try:
+        group = reader.group_index("group['traj']")
+        for frame in (3, 4, 0):
+            (pos,) = reader.read(group, [0], frame)
+            np.testing.assert_array_equal(pos, np.asarray(states[2 * frame]["pos"]))
+        dataset = reader._datasets[(group, 0)]
+        cache_bytes = dataset.id.get_access_plist().get_chunk_cache()[1]
+        assert (cache_bytes > 0) == cached
+    finally:
+        reader.close()

@@ -160,10 +160,31 @@ class RunFileReader:
             raise FrameIndexError(f"{spec.name} was never written (it logs at step 0 only)")
         ds = self._datasets.get((group, leaf))
         if ds is None:
-            ds = self._datasets[(group, leaf)] = self._group(group)[spec.leaves[leaf].dataset_name]
+            ds = self._datasets[(group, leaf)] = self._open_dataset(group, leaf)
         if spec.time_axis and ds.shape[0] < frames:
             ds.refresh()
         return ds, frames
+
+    def _open_dataset(self, group: int, leaf: int) -> h5py.Dataset:
+        """A leaf's dataset; one of an uncompressed group reads around the chunk cache.
+
+        HDF5 reads an uncompressed chunk that does not fit its chunk cache
+        straight into the result, and one that fits into the cache first. A
+        cache of no bytes thus saves a copy of every chunk read, and for one
+        frame of an MD leaf (chunks of two frames) reading the other frame:
+        44 -> 24 us per frame, 2.4 -> 3.0 GB/s for many (BENCHMARKS.md item
+        21). Compressed groups keep the file's cache: there a chunk
+        decompressed once serves the reads of its neighbouring frames. (HDF5
+        keeps the settings of a dataset's first opening while it is open.)
+        """
+        spec = self.spec.groups[group]
+        name = spec.leaves[leaf].dataset_name
+        if spec.compression is not None:
+            return self._group(group)[name]
+        access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        access.set_chunk_cache(0, 0, 1.0)
+        opened = h5py.h5d.open(self._group(group).id, name.encode(), dapl=access)
+        return h5py.Dataset(opened, readonly=True)  # read-only: h5py caches its shape
 
     def plan(self, group: int, leaf: int, index: Any, frames: int) -> Plan:
         """How ``array[index]`` of a leaf with ``frames`` frames reads (raises IndexError)."""
