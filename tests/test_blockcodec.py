@@ -1,4 +1,4 @@
-"""The WriteRequest fast paths agree with the generated protobuf class, byte for byte."""
+"""The fast paths of the wire agree with the generated protobuf classes, byte for byte."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajstore.blockcodec import (
+    OutgoingArrays,
     OutgoingPart,
+    arrays_decoder,
     decode_write_request,
     decoder,
     encode_message,
@@ -137,4 +139,59 @@ def test_read_and_follow_parts_round_trip_like_protobuf(header, data):
     incoming = decoder(type(header))(encoded)
     assert bytes(incoming.data) == data
     incoming.fields.data = data
+    assert incoming.fields == expected
+
+
+fetch_headers = st.builds(
+    lambda kind, results: kind(results=results),
+    st.sampled_from([qpb.FetchResponse, qpb.FetchStreamResponse]),
+    st.lists(
+        st.builds(
+            qpb.LeafResult,
+            shape=st.lists(st.integers(0, 2**40), max_size=4),
+            scalar=st.booleans(),
+        ),
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=200)
+@given(header=fetch_headers, entries=st.lists(st.binary(max_size=300), max_size=4))
+def test_fetch_results_round_trip_like_protobuf(header, entries):
+    expected = type(header)()
+    expected.CopyFrom(header)
+    expected.data.extend(entries)  # empty entries too: a repeated field keeps them
+    encoded = encode_message(OutgoingArrays(header, [memoryview(e) for e in entries]))
+    assert encoded == expected.SerializeToString()
+    incoming = arrays_decoder(type(header))(encoded)
+    assert [bytes(d) for d in incoming.data] == entries
+    assert all(isinstance(d, memoryview) and d.obj is encoded for d in incoming.data)
+    assert incoming.fields == header
+
+
+@settings(max_examples=500)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.tuples(fetch_headers, st.lists(st.binary(max_size=20), max_size=3)).map(
+            lambda t: encode_message(OutgoingArrays(t[0], [memoryview(e) for e in t[1]]))
+        ),
+        # valid messages with garbage spliced in or cut short
+        st.tuples(fetch_headers, st.binary(max_size=50), st.integers(0, 300)).map(
+            lambda t: (t[0].SerializeToString() + t[1])[: t[2]]
+        ),
+    )
+)
+def test_any_bytes_decode_as_fetch_results_exactly_as_protobuf_would(raw):
+    try:
+        expected = qpb.FetchResponse.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            arrays_decoder(qpb.FetchResponse)(raw)
+        return
+    incoming = arrays_decoder(qpb.FetchResponse)(raw)
+    assert not incoming.fields.data
+    assert [bytes(d) for d in incoming.data] == list(expected.data)
+    expected.ClearField("data")
     assert incoming.fields == expected

@@ -17,14 +17,17 @@ a view of the received message instead of two copies (protobuf's parse and
 its ``bytes`` attribute), leaving every other field to protobuf's parser.
 Reads go the other way with the same two pieces: the store sends views of
 what it read from HDF5 (:func:`encode_message`), the client assembles
-results from views of the received messages (:func:`query_stream`).
+results from views of the received messages (:func:`query_stream`). One-frame
+reads (Fetch, FetchStream) carry one ``data`` entry per leaf, a repeated
+field: :class:`OutgoingArrays` and :func:`arrays_decoder` do the same for
+them (:func:`fetch_method`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -34,11 +37,15 @@ from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import query_pb2 as qpb
 
 __all__ = [
+    "IncomingArrays",
     "IncomingPart",
+    "OutgoingArrays",
     "OutgoingPart",
+    "arrays_decoder",
     "decode_write_request",
     "decoder",
     "encode_message",
+    "fetch_method",
     "query_stream",
     "split_views",
     "write_method",
@@ -61,6 +68,22 @@ class IncomingPart(Generic[M]):
 
     fields: M  # every field but data
     data: memoryview
+
+
+@dataclass(frozen=True)
+class OutgoingArrays:
+    """A message whose repeated ``data`` field holds one entry per view."""
+
+    header: Message  # every field but data
+    views: Sequence[memoryview]
+
+
+@dataclass(frozen=True)
+class IncomingArrays(Generic[M]):
+    """A received message: each entry of its repeated ``data`` a view of the received bytes."""
+
+    fields: M  # every field but data
+    data: list[memoryview]
 
 
 def split_views(
@@ -103,31 +126,37 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def encode_message(message: Message | OutgoingPart) -> bytes:
-    """Serialise a message; an :class:`OutgoingPart` with a single copy of its data."""
+def encode_message(message: Message | OutgoingPart | OutgoingArrays) -> bytes:
+    """Serialise a message, copying the data of a part or of arrays only once."""
+    if isinstance(message, OutgoingArrays):
+        return _encode(message.header, [[view] for view in message.views])
     if not isinstance(message, OutgoingPart):
         return message.SerializeToString()
-    size = sum(len(v) for v in message.views)
-    header = message.header
-    if not size:
-        return header.SerializeToString()
-    # Fields in number order, as protobuf writes them: those before data, data, the rest.
+    if not any(len(v) for v in message.views):
+        return message.header.SerializeToString()
+    return _encode(message.header, [message.views])
+
+
+def _encode(header: Message, entries: Sequence[Sequence[memoryview]]) -> bytes:
+    """``header`` with a ``data`` entry per item of ``entries``, each its views concatenated."""
     number = header.DESCRIPTOR.fields_by_name["data"].number
-    before = type(header)()
-    after = type(header)()
-    for field, value in header.ListFields():
-        target = before if field.number < number else after
-        if field.number != number:
-            target.MergeFrom(type(header)(**{field.name: value}))
-    return b"".join(
-        [
-            before.SerializeToString(),
-            bytes([(number << 3) | 2]),  # length-delimited
-            _varint(size),
-            *message.views,
-            after.SerializeToString(),
-        ]
-    )
+    # Fields in number order, as protobuf writes them: those before data, data, the rest.
+    fields = header.ListFields()
+    if all(field.number < number for field, _ in fields):
+        before, after = header, None  # the common case: nothing to split
+    else:
+        before, after = type(header)(), type(header)()
+        for field, value in fields:
+            target = before if field.number < number else after
+            if field.number != number:
+                target.MergeFrom(type(header)(**{field.name: value}))
+    key = _varint((number << 3) | 2)  # length-delimited
+    pieces: list[bytes | memoryview] = [before.SerializeToString()]
+    for views in entries:
+        pieces += [key, _varint(sum(len(v) for v in views)), *views]
+    if after is not None:
+        pieces.append(after.SerializeToString())
+    return b"".join(pieces)
 
 
 def decoder(message_class: type[M]) -> Callable[[bytes], IncomingPart[M]]:
@@ -142,29 +171,62 @@ def decoder(message_class: type[M]) -> Callable[[bytes], IncomingPart[M]]:
 
     def decode(message: bytes) -> IncomingPart[M]:
         view = memoryview(message)
-        found = _find_data(view, number)
-        if found is None:
+        found = _find_fields(view, number)
+        if found is None or len(found) > 1:  # a repeated data field: protobuf's rules apply
             parsed = message_class.FromString(message)
             data = memoryview(parsed.data)  # type: ignore[attr-defined]
             parsed.ClearField("data")
             return IncomingPart(parsed, data)
         if not found:
             return IncomingPart(message_class.FromString(message), memoryview(b""))
-        key, start, stop = found
-        rest = b"".join([view[:key], view[stop:]])
-        return IncomingPart(message_class.FromString(rest), view[start:stop])
+        return IncomingPart(message_class.FromString(_without(view, found)), _views(view, found)[0])
 
     return decode
+
+
+def arrays_decoder(message_class: type[M]) -> Callable[[bytes], IncomingArrays[M]]:
+    """As :func:`decoder`, for a message whose ``data`` field is repeated."""
+    number = message_class.DESCRIPTOR.fields_by_name["data"].number
+
+    def decode(message: bytes) -> IncomingArrays[M]:
+        view = memoryview(message)
+        found = _find_fields(view, number)
+        if found is None:
+            parsed = message_class.FromString(message)
+            data = [memoryview(entry) for entry in parsed.data]  # type: ignore[attr-defined]
+            parsed.ClearField("data")
+            return IncomingArrays(parsed, data)
+        return IncomingArrays(message_class.FromString(_without(view, found)), _views(view, found))
+
+    return decode
+
+
+#: Where one field's entry lies in a message: (start of its key, start of its bytes, end).
+_Span = tuple[int, int, int]
+
+
+def _views(view: memoryview, found: Sequence[_Span]) -> list[memoryview]:
+    return [view[start:stop] for _, start, stop in found]
+
+
+def _without(view: memoryview, found: Sequence[_Span]) -> bytes:
+    """The message without the entries ``found``: the fields for protobuf to parse."""
+    kept, position = [], 0
+    for key, _, stop in found:
+        kept.append(view[position:key])
+        position = stop
+    kept.append(view[position:])
+    return b"".join(kept)
 
 
 #: IngestService.Write's requests, as the store receives them.
 decode_write_request = decoder(pb.WriteRequest)
 
 
-def _find_data(view: memoryview, number: int) -> tuple[int, ...] | None:
-    """``(key, start, stop)`` of the one field ``number``; ``()``: none; ``None``: ask protobuf."""
+def _find_fields(view: memoryview, number: int) -> list[_Span] | None:
+    """Where the entries of field ``number`` lie, in order; ``None``: malformed, ask protobuf."""
     position, end = 0, len(view)
-    found: tuple[int, ...] = ()
+    found: list[_Span] = []
     while position < end:
         field_start = position
         key, position = _read_varint(view, position)
@@ -184,9 +246,7 @@ def _find_data(view: memoryview, number: int) -> tuple[int, ...] | None:
             if length is None or position + length > end:
                 return None
             if key >> 3 == number:
-                if found:
-                    return None  # a repeated data field: protobuf's rules apply
-                found = (field_start, position, position + length)
+                found.append((field_start, position, position + length))
             position += length
         else:
             return None  # groups and invalid wire types
@@ -229,4 +289,22 @@ def query_stream(channel: grpc.Channel, name: str) -> grpc.UnaryStreamMultiCalla
         f"/{method.containing_service.full_name}/{method.name}",
         request_serializer=request.SerializeToString,
         response_deserializer=decoder(response),
+    )
+
+
+_FETCHES: dict[str, tuple[type[Message], type[Message]]] = {
+    "Fetch": (qpb.FetchRequest, qpb.FetchResponse),
+    "FetchStream": (qpb.FetchStreamRequest, qpb.FetchStreamResponse),
+}
+
+
+def fetch_method(channel: grpc.Channel, name: str) -> Any:
+    """QueryService.Fetch or .FetchStream on ``channel``, answering :class:`IncomingArrays`."""
+    request, response = _FETCHES[name]
+    method = qpb.DESCRIPTOR.services_by_name["QueryService"].methods_by_name[name]
+    make = channel.stream_stream if method.client_streaming else channel.unary_unary
+    return make(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=request.SerializeToString,
+        response_deserializer=arrays_decoder(response),
     )

@@ -17,6 +17,7 @@ returns ``None`` and the caller makes a unary Fetch instead.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import grpc
 
 from trajstore import wire
+from trajstore.blockcodec import IncomingArrays, fetch_method
 from trajstore.errors import UnavailableError
 from trajstore.v1 import query_pb2 as qpb
 
@@ -62,11 +64,7 @@ class FetchStream:
         idle_seconds: float = 2.0,
         retry_seconds: float = 10.0,
     ) -> None:
-        self._method = channel.stream_stream(
-            "/trajstore.v1.QueryService/FetchStream",
-            request_serializer=qpb.FetchStreamRequest.SerializeToString,
-            response_deserializer=qpb.FetchStreamResponse.FromString,
-        )
+        self._method = fetch_method(channel, "FetchStream")
         self._metadata = metadata
         self.timeout = timeout
         self.idle_seconds = idle_seconds
@@ -86,7 +84,7 @@ class FetchStream:
         with self._cond:
             return self._call is not None
 
-    def fetch(self, read: qpb.ReadRequest) -> qpb.FetchStreamResponse | None:
+    def fetch(self, read: qpb.ReadRequest) -> IncomingArrays[qpb.FetchStreamResponse] | None:
         """The response to ``read``; ``None``: the stream cannot be used now, make a Fetch.
 
         Raises:
@@ -99,7 +97,6 @@ class FetchStream:
             if self._call is None:
                 self._call = self._open()
             requests, responses = self._call
-            self._cond.notify_all()  # the watchdog now times the read
         try:
             requests.put(qpb.FetchStreamRequest(read=read))
             return next(responses)  # type: ignore[no-any-return]
@@ -120,7 +117,6 @@ class FetchStream:
             with self._cond:
                 self._busy = False
                 self._last_used = time.monotonic()
-                self._cond.notify_all()
 
     def close(self) -> None:
         """End the call, if open; later reads make Fetch calls."""
@@ -152,21 +148,26 @@ class FetchStream:
     def _end_when_idle(self, call: _Call) -> None:
         """The watchdog of ``call``: ends it when idle, or when a read waits too long.
 
-        Idle: no read for ``idle_seconds``; too long: past ``timeout``. Returns
-        at once when the call was ended elsewhere.
+        Idle: no read for ``idle_seconds``; too long: past ``timeout``. Reads
+        do not wake it (a wake-up of this thread on every read cost a
+        one-frame read ~5 %, BENCHMARKS.md item 21): it looks every quarter
+        of ``timeout`` while idle and every quarter of ``idle_seconds`` while
+        a read is in flight, so it acts at most that late. Returns at once
+        when the call was ended elsewhere.
         """
         with self._cond:
             while self._call is call:
                 now = time.monotonic()
+                timeout = math.inf if self.timeout is None else self.timeout
                 if self._busy:
-                    if self.timeout is not None and now - self._busy_since >= self.timeout:
+                    if now - self._busy_since >= timeout:
                         self._timed_out = True
                         break
-                    wait = None if self.timeout is None else self._busy_since + self.timeout - now
+                    wait = min(self._busy_since + timeout - now, self.idle_seconds / 4)
                 else:
                     if now - self._last_used >= self.idle_seconds:
                         break
-                    wait = self._last_used + self.idle_seconds - now
+                    wait = min(self._last_used + self.idle_seconds - now, timeout / 4)
                 self._cond.wait(wait)
             else:
                 return

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from trajstore import wire
-from trajstore.blockcodec import IncomingPart, query_stream
+from trajstore.blockcodec import IncomingArrays, IncomingPart, fetch_method, query_stream
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.fetch_stream import FetchStream
 from trajstore.errors import NotOpenError, ResourceExhaustedError
@@ -30,6 +30,9 @@ __all__ = ["Client", "RemoteGroupReader", "RemoteStorageReader", "RunInfo", "con
 FETCH_BYTES = 4 << 20
 
 T = TypeVar("T")
+
+#: A one-message read's response (Fetch or FetchStream), its data as views.
+Fetched = IncomingArrays[qpb.FetchResponse] | IncomingArrays[qpb.FetchStreamResponse]
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,10 @@ class _Calls:
         self.address = address
         self.channel = open_channel(address, tls_ca)
         self.stub = qpb_grpc.QueryServiceStub(self.channel)  # type: ignore[no-untyped-call]
-        # Read and Follow parts arrive as views of the received messages (blockcodec).
+        # Read, Follow and Fetch results arrive as views of the received messages (blockcodec).
         self.read = query_stream(self.channel, "Read")
         self.follow = query_stream(self.channel, "Follow")
+        self.fetch_unary = fetch_method(self.channel, "Fetch")
         self.metadata = call_metadata(token)
         self.timeout = timeout
         self.fetch_stream = FetchStream(self.channel, self.metadata, timeout=timeout)
@@ -105,11 +109,11 @@ class _Calls:
         except grpc.RpcError as e:
             raise wire.error_from_rpc(e) from None
 
-    def fetch(self, read: qpb.ReadRequest) -> qpb.FetchResponse | qpb.FetchStreamResponse:
+    def fetch(self, read: qpb.ReadRequest) -> Fetched:
         """A one-message read: on the open fetch stream if it can be used, else a Fetch call."""
         response = self.fetch_stream.fetch(read)
         if response is None:
-            fetched: qpb.FetchResponse = self.unary(self.stub.Fetch, qpb.FetchRequest(read=read))
+            fetched: Fetched = self.unary(self.fetch_unary, qpb.FetchRequest(read=read))
             return fetched
         return response
 
@@ -132,11 +136,9 @@ def _assemble(
     return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
 
 
-def _unpack(
-    response: qpb.FetchResponse | qpb.FetchStreamResponse, dtypes: Sequence[np.dtype[Any]]
-) -> list[Any]:
+def _unpack(response: Fetched, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
     arrays = []
-    for result, data, dtype in zip(response.results, response.data, dtypes, strict=True):
+    for result, data, dtype in zip(response.fields.results, response.data, dtypes, strict=True):
         array = np.frombuffer(data, dtype).reshape(tuple(result.shape)).copy()  # writable
         arrays.append(array[()] if result.scalar else array)
     return arrays

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from trajstore import errors, wire
-from trajstore.blockcodec import OutgoingPart, split_views
+from trajstore.blockcodec import OutgoingArrays, OutgoingPart, split_views
 from trajstore.read_ahead import read_ahead
 from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
@@ -199,8 +199,12 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         except Exception as e:
             abort_with(context, e)
 
-    def _fetch(self, read: qpb.ReadRequest) -> tuple[list[qpb.LeafResult], list[bytes]]:
-        """``array[index]`` of chosen leaves, as one message holds them (Fetch, FetchStream)."""
+    def _fetch(self, read: qpb.ReadRequest) -> tuple[list[qpb.LeafResult], list[memoryview]]:
+        """``array[index]`` of chosen leaves, as one message holds them (Fetch, FetchStream).
+
+        Returns the results' shapes and views of their bytes, for
+        :class:`~trajstore.blockcodec.OutgoingArrays`.
+        """
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
         index = wire.index_from_proto(read.index, read.index_is_tuple)
@@ -217,19 +221,19 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             arrays = reader.read_plans(group, leaves, plans, frames=frames)
         self._count_read(total)
         results = [qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans]
-        return results, [np.ascontiguousarray(array).tobytes() for array in arrays]
+        return results, [_bytes_of(array) for array in arrays]
 
     @typed_errors
     def Fetch(  # noqa: N802 (gRPC method name)
         self, request: qpb.FetchRequest, context: grpc.ServicerContext
-    ) -> qpb.FetchResponse:
+    ) -> OutgoingArrays:
         """``array[index]`` of chosen leaves in one message (a frame, a few frames)."""
         results, data = self._fetch(request.read)
-        return qpb.FetchResponse(results=results, data=data)
+        return OutgoingArrays(qpb.FetchResponse(results=results), data)
 
     def FetchStream(  # noqa: N802 (gRPC method name)
         self, requests: Iterator[qpb.FetchStreamRequest], context: grpc.ServicerContext
-    ) -> Iterator[qpb.FetchStreamResponse]:
+    ) -> Iterator[OutgoingArrays]:
         """Fetch for each request of one long-lived call; the first error ends it."""
         if not self._fetch_streams.acquire(blocking=False):
             context.abort(  # no error class: the client falls back to Fetch
@@ -239,7 +243,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         try:
             for request in requests:
                 results, data = self._fetch(request.read)
-                yield qpb.FetchStreamResponse(results=results, data=data)
+                yield OutgoingArrays(qpb.FetchStreamResponse(results=results), data)
         except Exception as e:
             if context.is_active():  # not the client leaving
                 abort_with(context, e)
@@ -296,3 +300,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                         start=first, count=count, leaf=position, offset=at, total_bytes=total
                     )
                     yield OutgoingPart(header, views)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` in C order, without a copy where it is contiguous."""
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)

@@ -1,9 +1,10 @@
 """Registering the ingest and query services, with the zero-copy codecs on the hot RPCs.
 
 Like the generated ``add_*Servicer_to_server`` functions, built from the
-service descriptors, except that Write requests are decoded and Read and
-Follow responses encoded by :mod:`trajstore.blockcodec` (the same bytes on
-the wire, fewer copies in this process).
+service descriptors, except that Write requests are decoded and the
+responses of Read, Follow, Fetch and FetchStream encoded by
+:mod:`trajstore.blockcodec` (the same bytes on the wire, fewer copies in
+this process).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _CODECS: dict[str, tuple[Callable[[bytes], Any] | None, Callable[[Any], bytes] |
     "trajstore.v1.IngestService.Write": (decode_write_request, None),
     "trajstore.v1.QueryService.Read": (None, encode_message),
     "trajstore.v1.QueryService.Follow": (None, encode_message),
+    "trajstore.v1.QueryService.Fetch": (None, encode_message),
+    "trajstore.v1.QueryService.FetchStream": (None, encode_message),
 }
 
 
