@@ -94,6 +94,21 @@ def test_a_flipped_byte_ends_the_readable_part(tmp_path):
         assert reader.damaged_bytes == len(data) - second
 
 
+def test_appends_after_a_failed_write_still_name_its_cause(tmp_path):
+    # Two threads append (encoder and sender): whichever reports the failure
+    # to the user, the cause (here the disk full) must be in it.
+    journal = JournalWriter(tmp_path / "run.journal", "host:1", RUN_REQUEST)
+    journal._file.close()
+    journal._file = open("/dev/full", "wb", buffering=0)  # noqa: SIM115 - writes fail: ENOSPC
+    try:
+        with pytest.raises(E.JournalError, match=r"cannot write journal .*No space left"):
+            journal.append_block(1, 0, 0, 1, 1, [b"x" * 100])
+        with pytest.raises(E.JournalError, match=r"No space left.*nothing more is appended"):
+            journal.append_block(2, 0, 1, 1, 2, [b"y"])
+    finally:
+        journal._file.close()
+
+
 def test_files_that_are_not_journals_are_refused(tmp_path):
     (tmp_path / "text").write_text("hello")
     with pytest.raises(E.JournalError, match="not a trajstore journal"):

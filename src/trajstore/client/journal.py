@@ -84,6 +84,7 @@ class JournalWriter:
     def __init__(self, path: str | os.PathLike[str], address: str, open_request: pb.OpenRunRequest):
         self.path = Path(path)
         self._failed_at: int | None = None
+        self._failure = ""  # what went wrong at _failed_at
         try:
             self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - kept open for appends
         except FileExistsError:
@@ -160,9 +161,9 @@ class JournalWriter:
 
     def _append(self, header: dict[str, Any], parts: list[bytes | memoryview]) -> None:
         if self._failed_at is not None:
+            # The first failure's words: whichever thread reports this one, the cause shows.
             raise JournalError(
-                f"journal {self.path}: a write failed at byte {self._failed_at}; "
-                f"nothing more is appended after it"
+                f"{self._failure} (at byte {self._failed_at}; nothing more is appended after it)"
             )
         start = self._file.tell()
         encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -180,7 +181,8 @@ class JournalWriter:
         except OSError as e:
             # A torn record ends what readers see: never append after one.
             self._failed_at = start
-            raise JournalError(f"cannot write journal {self.path}: {e}") from None
+            self._failure = f"cannot write journal {self.path}: {e}"
+            raise JournalError(self._failure) from None
 
 
 class JournalReader:
