@@ -20,7 +20,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 import pytest  # noqa: E402
 
-from servers import StoreProcess, start_store  # noqa: E402
+from servers import StoreProcess, kill_leftover_stores, start_store  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_store_outlives_the_session():
+    """Kill (and name) store processes that a failed test left running."""
+    yield
+    left = kill_leftover_stores()
+    if left:
+        import warnings
+
+        warnings.warn(f"killed store processes left running by tests: {left}", stacklevel=1)
 
 
 @pytest.fixture

@@ -33,14 +33,35 @@ class StoreProcess:
         return self.data_dir / f"{run}.h5"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` and wait for the exit code; a store that does not exit is killed."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # no store outlives its test
+            self.process.wait(timeout)
+            raise RuntimeError(
+                f"store did not exit within {timeout} s of signal {sig}:\n" + "".join(self.log)
+            ) from None
         if self.drain is not None:
             self.drain.join(timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
         return code
+
+
+#: Every store process started, so that the session can make sure none outlives it.
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def kill_leftover_stores() -> list[int]:
+    """SIGKILL started stores still running; their pids."""
+    left = [p for p in STARTED if p.poll() is None]
+    for process in left:
+        process.kill()
+        process.wait(30)
+    return [p.pid for p in left]
 
 
 def free_port() -> int:
@@ -81,14 +102,22 @@ def start_store(
         env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None
+    STARTED.append(process)
     log: list[str] = []
     address = None
-    for line in process.stdout:
-        log.append(line)
-        if line.startswith("trajstore serving on "):
-            address = line.split()[3]
-            break
+    # A store that hangs before it listens is killed after a minute (then its output ends).
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            log.append(line)
+            if line.startswith("trajstore serving on "):
+                address = line.split()[3]
+                break
+    finally:
+        watchdog.cancel()
     if address is None:
+        process.kill()
         process.wait(30)
         raise RuntimeError("store did not start:\n" + "".join(log))
     # Keep draining its output so that it never blocks on a full pipe.
