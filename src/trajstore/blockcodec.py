@@ -17,10 +17,10 @@ a view of the received message instead of two copies (protobuf's parse and
 its ``bytes`` attribute), leaving every other field to protobuf's parser.
 Reads go the other way with the same two pieces: the store sends views of
 what it read from HDF5 (:func:`encode_message`), the client assembles
-results from views of the received messages (:func:`query_stream`). One-frame
-reads (Fetch, FetchStream) carry one ``data`` entry per leaf, a repeated
-field: :class:`OutgoingArrays` and :func:`arrays_decoder` do the same for
-them (:func:`fetch_method`).
+results from views of the received messages (:func:`query_method`).
+One-frame reads (Fetch, FetchStream) carry one ``data`` entry per leaf, a
+repeated field: :class:`OutgoingArrays` and :func:`arrays_decoder` do the
+same for them.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ __all__ = [
     "OutgoingArrays",
     "OutgoingPart",
     "arrays_decoder",
+    "byte_view",
     "decode_write_request",
     "decoder",
     "encode_message",
-    "fetch_method",
-    "query_stream",
+    "query_method",
     "split_views",
     "write_method",
 ]
@@ -86,6 +86,11 @@ class IncomingArrays(Generic[M]):
     data: list[memoryview]
 
 
+def byte_view(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` in C order: a view where it is contiguous, else a copy's."""
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+
+
 def split_views(
     buffers: Sequence[np.ndarray], part_bytes: int
 ) -> Iterator[tuple[int, list[memoryview]]]:
@@ -94,8 +99,7 @@ def split_views(
     Yields ``(offset, views)``: zero-copy views whose concatenation is the
     part. An empty payload is one empty part.
     """
-    views = [memoryview(np.ascontiguousarray(b).reshape(-1).view(np.uint8).data) for b in buffers]
-    views = [v for v in views if len(v)]
+    views = [v for v in map(byte_view, buffers) if len(v)]
     if not views:
         yield 0, []
         return
@@ -275,36 +279,29 @@ def write_method(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
     )
 
 
-_QUERY_STREAMS: dict[str, tuple[type[Message], type[Message]]] = {
-    "Read": (qpb.ReadRequest, qpb.ReadResponse),
-    "Follow": (qpb.FollowRequest, qpb.FollowResponse),
+_QUERY_METHODS: dict[str, tuple[type[Message], Callable[[bytes], Any]]] = {
+    "Read": (qpb.ReadRequest, decoder(qpb.ReadResponse)),
+    "Follow": (qpb.FollowRequest, decoder(qpb.FollowResponse)),
+    "Fetch": (qpb.FetchRequest, arrays_decoder(qpb.FetchResponse)),
+    "FetchStream": (qpb.FetchStreamRequest, arrays_decoder(qpb.FetchStreamResponse)),
 }
 
 
-def query_stream(channel: grpc.Channel, name: str) -> grpc.UnaryStreamMultiCallable:
-    """QueryService.Read or .Follow on ``channel``; responses arrive as :class:`IncomingPart`."""
-    request, response = _QUERY_STREAMS[name]
+def query_method(channel: grpc.Channel, name: str) -> Any:
+    """QueryService method ``name`` on ``channel``, its responses' data left as views.
+
+    Read and Follow answer :class:`IncomingPart`, Fetch and FetchStream
+    :class:`IncomingArrays`.
+    """
+    request, decode = _QUERY_METHODS[name]
     method = qpb.DESCRIPTOR.services_by_name["QueryService"].methods_by_name[name]
-    return channel.unary_stream(
-        f"/{method.containing_service.full_name}/{method.name}",
-        request_serializer=request.SerializeToString,
-        response_deserializer=decoder(response),
-    )
-
-
-_FETCHES: dict[str, tuple[type[Message], type[Message]]] = {
-    "Fetch": (qpb.FetchRequest, qpb.FetchResponse),
-    "FetchStream": (qpb.FetchStreamRequest, qpb.FetchStreamResponse),
-}
-
-
-def fetch_method(channel: grpc.Channel, name: str) -> Any:
-    """QueryService.Fetch or .FetchStream on ``channel``, answering :class:`IncomingArrays`."""
-    request, response = _FETCHES[name]
-    method = qpb.DESCRIPTOR.services_by_name["QueryService"].methods_by_name[name]
-    make = channel.stream_stream if method.client_streaming else channel.unary_unary
+    make = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, True): channel.stream_stream,
+    }[(method.client_streaming, method.server_streaming)]
     return make(
         f"/{method.containing_service.full_name}/{method.name}",
         request_serializer=request.SerializeToString,
-        response_deserializer=arrays_decoder(response),
+        response_deserializer=decode,
     )

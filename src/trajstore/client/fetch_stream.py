@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from trajstore import wire
-from trajstore.blockcodec import IncomingArrays, fetch_method
+from trajstore.blockcodec import IncomingArrays, query_method
 from trajstore.errors import UnavailableError
 from trajstore.v1 import query_pb2 as qpb
 
@@ -64,7 +64,7 @@ class FetchStream:
         idle_seconds: float = 2.0,
         retry_seconds: float = 10.0,
     ) -> None:
-        self._method = fetch_method(channel, "FetchStream")
+        self._method = query_method(channel, "FetchStream")
         self._metadata = metadata
         self.timeout = timeout
         self.idle_seconds = idle_seconds
@@ -150,7 +150,7 @@ class FetchStream:
 
         Idle: no read for ``idle_seconds``; too long: past ``timeout``. Reads
         do not wake it (a wake-up of this thread on every read cost a
-        one-frame read ~5 %, BENCHMARKS.md item 21): it looks every quarter
+        one-frame read ~5 %, BENCHMARKS.md item 22): it looks every quarter
         of ``timeout`` while idle and every quarter of ``idle_seconds`` while
         a read is in flight, so it acts at most that late. Returns at once
         when the call was ended elsewhere.

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from trajstore import wire
-from trajstore.blockcodec import IncomingArrays, IncomingPart, fetch_method, query_stream
+from trajstore.blockcodec import IncomingArrays, IncomingPart, query_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.fetch_stream import FetchStream
 from trajstore.errors import NotOpenError, ResourceExhaustedError
@@ -88,9 +88,9 @@ class _Calls:
         self.channel = open_channel(address, tls_ca)
         self.stub = qpb_grpc.QueryServiceStub(self.channel)  # type: ignore[no-untyped-call]
         # Read, Follow and Fetch results arrive as views of the received messages (blockcodec).
-        self.read = query_stream(self.channel, "Read")
-        self.follow = query_stream(self.channel, "Follow")
-        self.fetch_unary = fetch_method(self.channel, "Fetch")
+        self.read = query_method(self.channel, "Read")
+        self.follow = query_method(self.channel, "Follow")
+        self.fetch_unary = query_method(self.channel, "Fetch")
         self.metadata = call_metadata(token)
         self.timeout = timeout
         self.fetch_stream = FetchStream(self.channel, self.metadata, timeout=timeout)

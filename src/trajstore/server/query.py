@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from trajstore import errors, wire
-from trajstore.blockcodec import OutgoingArrays, OutgoingPart, split_views
+from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
 from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
@@ -221,7 +221,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             arrays = reader.read_plans(group, leaves, plans, frames=frames)
         self._count_read(total)
         results = [qpb.LeafResult(shape=plan.shape, scalar=plan.scalar) for plan in plans]
-        return results, [_bytes_of(array) for array in arrays]
+        return results, [byte_view(array) for array in arrays]
 
     @typed_errors
     def Fetch(  # noqa: N802 (gRPC method name)
@@ -300,8 +300,3 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                         start=first, count=count, leaf=position, offset=at, total_bytes=total
                     )
                     yield OutgoingPart(header, views)
-
-
-def _bytes_of(array: np.ndarray) -> memoryview:
-    """The bytes of ``array`` in C order, without a copy where it is contiguous."""
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
