@@ -32,4 +32,6 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path):
             results["reads"][reader]
         )
         assert results["reads"][reader]["whole_mb_s"] > 0
+    assert results["reads"]["whole_remote_vs_bare"] > 0
+    assert results["reads"]["frame_remote_vs_bare_stream"] > 0
     assert "remote/local" in result.stdout
