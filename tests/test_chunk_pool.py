@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 import h5py
 import hdf5plugin  # noqa: F401 - registers the zstd filter for the plain h5py reads
@@ -12,19 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajstore import Compression
+from trajstore.errors import FrameMismatchError
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
+from trajstore.store import layout
+from trajstore.store.background import BackgroundWriter
 from trajstore.store.writer import RunFileWriter
 
 
 class CountingPool(ThreadPoolExecutor):
-    """A real pool that counts the chunks it compressed."""
+    """A real pool that counts the chunks given to it and the threads that gave them."""
 
     chunks = 0
+    threads: ClassVar[set[str]] = set()
 
-    def map(self, fn, *iterables, **kwargs):
-        items = list(iterables[0])
-        CountingPool.chunks += len(items)
-        return super().map(fn, items, **kwargs)
+    def submit(self, fn, /, *args, **kwargs):
+        CountingPool.chunks += 1
+        CountingPool.threads.add(threading.current_thread().name)
+        return super().submit(fn, *args, **kwargs)
 
 
 POOL = CountingPool(4)
@@ -41,16 +47,24 @@ def frames(start, count):
     return [pos.astype(np.float32), np.arange(start, start + count, dtype=np.int64)]
 
 
-def write_plan(writer, plan, make=frames):
+def write_plan(writer, plan, make=frames, *, prepare_ahead=False):
     """Write blocks ``(start, count)`` of ``make(start, count)``; return the length.
 
-    A start past the end is pulled back to it (no gaps).
+    A start past the end is pulled back to it (no gaps). ``prepare_ahead``:
+    start every block's compression (``prepare_block``) before writing the
+    first, as a writer with a queue of blocks does.
     """
-    length = 0
+    length, blocks = 0, []
     for start, count in plan:
         start = min(start, length)  # no gaps: a rewind or the next frames
-        writer.write_block(0, start, count, make(start, count))
+        blocks.append((start, count, make(start, count)))
         length = start + count
+    prepared = [
+        writer.prepare_block(0, start, count, leaves) if prepare_ahead else None
+        for start, count, leaves in blocks
+    ]
+    for (start, count, leaves), ready in zip(blocks, prepared, strict=True):
+        writer.write_block(0, start, count, leaves, ready)
     writer.close()
     return length
 
@@ -72,17 +86,22 @@ blocks = st.lists(st.tuples(st.integers(0, 40), st.integers(1, 40)), min_size=1,
 @given(plan=blocks)
 def test_pool_and_hdf5_filters_write_the_same_frames(tmp_path_factory, compression, plan):
     root = tmp_path_factory.mktemp("pool")
-    written = []
-    for name, pool in (("filters.h5", None), ("pool.h5", POOL)):
-        written.append(
-            write_plan(RunFileWriter(root / name, spec(compression), chunk_pool=pool), plan)
-        )
-    with h5py.File(root / "filters.h5", "r") as a, h5py.File(root / "pool.h5", "r") as b:
-        for leaf in ("array['pos']", "array['n']"):
-            expected = a["group['x']"][leaf][:]
-            np.testing.assert_array_equal(b["group['x']"][leaf][:], expected)
-        n = b["group['x']"]["array['n']"][:]
-        np.testing.assert_array_equal(n, np.arange(written[1]))
+    length = 0
+    for name, pool, ahead in (
+        ("filters.h5", None, False),
+        ("pool.h5", POOL, False),
+        ("ahead.h5", POOL, True),  # compression of every block started before any write
+    ):
+        writer = RunFileWriter(root / name, spec(compression), chunk_pool=pool)
+        length = write_plan(writer, plan, prepare_ahead=ahead)
+    with h5py.File(root / "filters.h5", "r") as a:
+        for name in ("pool.h5", "ahead.h5"):
+            with h5py.File(root / name, "r") as b:
+                for leaf in ("array['pos']", "array['n']"):
+                    expected = a["group['x']"][leaf][:]
+                    np.testing.assert_array_equal(b["group['x']"][leaf][:], expected)
+                n = b["group['x']"]["array['n']"][:]
+                np.testing.assert_array_equal(n, np.arange(length))
 
 
 def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
@@ -96,6 +115,52 @@ def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
     with h5py.File(tmp_path / "r.h5", "r") as f:
         assert f["group['x']"]["array['pos']"].chunks[0] == 4
         np.testing.assert_array_equal(f["group['x']"]["array['pos']"][:], frames(0, 16)[0])
+
+
+def test_blocks_queued_to_a_background_writer_are_compressed_from_the_submitting_thread(
+    tmp_path,
+):
+    # The pool works ahead of the writing thread: compression starts when a
+    # block is queued, not when its write comes up.
+    CountingPool.threads.clear()
+    run = RunFileWriter(
+        tmp_path / "r.h5", spec(Compression(target_chunk_bytes=CHUNK)), chunk_pool=POOL
+    )
+    writer = BackgroundWriter(run)
+    batch = layout.batch_frames(run.spec.groups[0])
+    for start in range(0, 4 * batch, batch):
+        writer.submit_block(0, start, batch, frames(start, batch))
+    writer.close()
+    assert threading.current_thread().name in CountingPool.threads
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        pos = f["group['x']"]["array['pos']"]
+        assert pos.chunks[0] == 4
+        np.testing.assert_array_equal(pos[:], frames(0, 4 * batch)[0])
+
+
+def test_a_block_that_does_not_fit_is_not_prepared_and_its_write_raises(tmp_path):
+    run = RunFileWriter(
+        tmp_path / "r.h5", spec(Compression(target_chunk_bytes=CHUNK)), chunk_pool=POOL
+    )
+    pos, n = frames(0, 8)
+    wrong = [pos[:, :400], n]  # frames of the wrong shape
+    assert run.prepare_block(0, 0, 8, wrong) is None
+    assert run.prepare_block(5, 0, 8, [pos, n]) is None  # no such group
+    with pytest.raises(FrameMismatchError):
+        run.write_block(0, 0, 8, wrong)
+    run.close()
+
+
+def test_prepare_after_the_pool_shut_down_leaves_the_write_to_report_it(tmp_path):
+    pool = ThreadPoolExecutor(2)
+    run = RunFileWriter(
+        tmp_path / "r.h5", spec(Compression(target_chunk_bytes=CHUNK)), chunk_pool=pool
+    )
+    pool.shutdown()
+    assert run.prepare_block(0, 0, 8, frames(0, 8)) is None
+    with pytest.raises(RuntimeError, match="shutdown"):
+        run.write_block(0, 0, 8, frames(0, 8))
+    run.close()
 
 
 @settings(max_examples=40, deadline=None)

@@ -12,6 +12,9 @@ The contract, which the local writer and the storage server both rely on:
   ``flush_interval`` seconds, or when a blocked caller needs the room.
 - :meth:`~BackgroundWriter.flush` returns once everything submitted before it
   is written and flushed to disk.
+- A block that is written on its own (not merged with others) has its
+  chunks' compression started on the file's chunk pool, if it has one, when
+  it is submitted: the pool works ahead of the writing thread.
 - Flushes that come due (``flush_interval``, ``flush_bytes``) do not stop the
   writing: the writing thread hands the data to the OS, a second thread
   ``fsync``s it, the writing thread then publishes the frame counts, and the
@@ -33,7 +36,7 @@ import numpy as np
 
 from trajstore.errors import NotOpenError, TrajstoreError, WriterFailedError
 from trajstore.store import layout
-from trajstore.store.writer import FlushTicket, RunFileWriter
+from trajstore.store.writer import FlushTicket, PreparedBlock, RunFileWriter
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "BackgroundWriter"]
 
@@ -49,6 +52,7 @@ class _Block:
     leaves: Sequence[np.ndarray]
     nbytes: int
     tag: int | None = None
+    prepared: PreparedBlock | None = None  # its compression, started when submitted
 
 
 @dataclass
@@ -175,7 +179,10 @@ class BackgroundWriter:
         ``tag`` (e.g. a block number) is reported to ``on_flush`` once the
         block is durable.
         """
-        self._put(_Block(group, start, count, leaves, sum(a.nbytes for a in leaves), tag))
+        block = _Block(group, start, count, leaves, sum(a.nbytes for a in leaves), tag)
+        if self._written_alone(block) and self._error is None and not self._closed:
+            block.prepared = self.file.prepare_block(group, start, count, leaves)
+        self._put(block)
 
     def set_actual_steps(self, actual_steps: int) -> None:
         """Record the steps run so far; written with the next flush."""
@@ -402,9 +409,9 @@ class BackgroundWriter:
             self._last_tag = item.tag
         batch = self._batch[item.group]
         buffer = self._buffers[item.group]
-        if item.count >= batch or not self.file.spec.groups[item.group].time_axis:
+        if self._written_alone(item):
             self._write_buffer(item.group)
-            self._write(item.group, item.start, item.count, item.leaves, item.nbytes)
+            self._write(item.group, item.start, item.count, item.leaves, item.nbytes, item.prepared)
             return
         # Small blocks (single frames, or a client's short blocks) are merged
         # so that chunks are written whole, once, rather than at every block.
@@ -419,6 +426,13 @@ class BackgroundWriter:
         if buffer.count >= batch or buffer.start // batch != buffer.stop // batch:
             self._write_buffer(item.group)
 
+    def _written_alone(self, block: _Block) -> bool:
+        """Whether ``block`` is written as it is, rather than merged with its neighbours."""
+        groups = self.file.spec.groups
+        if not 0 <= block.group < len(groups):
+            return False  # the write reports it
+        return block.count >= self._batch[block.group] or not groups[block.group].time_axis
+
     def _write_buffer(self, group: int) -> None:
         buffer = self._buffers[group]
         if not buffer.blocks:
@@ -432,10 +446,16 @@ class BackgroundWriter:
         self._write(group, start, count, leaves, nbytes)
 
     def _write(
-        self, group: int, start: int, count: int, leaves: Sequence[np.ndarray], nbytes: int
+        self,
+        group: int,
+        start: int,
+        count: int,
+        leaves: Sequence[np.ndarray],
+        nbytes: int,
+        prepared: PreparedBlock | None = None,
     ) -> None:
         try:
-            self.file.write_block(group, start, count, leaves)
+            self.file.write_block(group, start, count, leaves, prepared)
         finally:
             self._release(nbytes)
 

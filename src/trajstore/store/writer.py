@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,11 +26,22 @@ from trajstore.store import layout
 from trajstore.store.space import check_room
 from trajstore.store.stored import encode_compressed, encode_stored
 
-__all__ = ["FlushTicket", "Hdf5ObjWriter", "OpenMode", "RunFileWriter", "copy_frames"]
+__all__ = [
+    "FlushTicket",
+    "Hdf5ObjWriter",
+    "OpenMode",
+    "PreparedBlock",
+    "RunFileWriter",
+    "copy_frames",
+]
 
 #: ``create``: the file must not exist; ``overwrite``: replace it;
 #: ``append``: resume it (the schema must match).
 OpenMode = Literal["create", "overwrite", "append"]
+
+#: A block's whole chunks being compressed on a chunk pool, per leaf (``None``:
+#: none of that leaf's), by the time index of each chunk's first frame.
+PreparedBlock = list["dict[int, Future[bytes | None]] | None"]
 
 
 class Hdf5ObjWriter:
@@ -49,6 +60,10 @@ class Hdf5ObjWriter:
     ``write_direct_chunk`` straight from the block (their stored bytes are the
     frames' bytes): no copy through HDF5's chunk cache. That holds for chunks
     of whole frames and for chunks of a few rows of one large frame.
+
+    :meth:`prepare_block` starts a block's compression before its turn to be
+    written, so that the pool works ahead of the writing thread instead of
+    each write waiting for its own chunks.
     """
 
     def __init__(
@@ -114,14 +129,63 @@ class Hdf5ObjWriter:
                     f"{leaf.dtype}{list(leaf.shape)}, got {array.dtype}{list(array.shape)}"
                 )
 
-    def write_block(self, start: int, count: int, leaves: Sequence[np.ndarray]) -> None:
-        """Write ``count`` frames from ``start`` (see the class docstring)."""
+    def prepare_block(
+        self, start: int, count: int, leaves: Sequence[np.ndarray]
+    ) -> PreparedBlock | None:
+        """Start compressing the whole chunks that ``write_block(start, count, leaves)`` writes.
+
+        Pass the result to :meth:`write_block`. Touches no HDF5 object, so it
+        may run on another thread than the writes (the thread that queues the
+        block, while the writing thread is busy with earlier ones). Returns
+        ``None`` where there is nothing to compress on a pool, or the block
+        does not fit the schema (:meth:`write_block` raises for it then).
+        """
+        pool = self._pool
+        if pool is None or not self.spec.time_axis or not any(self._tails):
+            return None
+        try:
+            self.check_block(start, count, leaves)
+        except FrameMismatchError:
+            return None
+        prepared: PreparedBlock = []
+        try:
+            for i, plan in enumerate(self._tails):
+                if plan is None or start % plan.frames:
+                    prepared.append(None)
+                    continue
+                array = self._stored_view(i, leaves[i])
+                size, filters = plan.frames, plan.filters
+                prepared.append(
+                    {
+                        start + j: pool.submit(encode_compressed, array[j : j + size], filters)
+                        for j in range(0, count - count % size, size)
+                    }
+                )
+        except RuntimeError:  # the pool was shut down: write_block reports it
+            return None
+        return prepared
+
+    def _stored_view(self, leaf: int, array: np.ndarray) -> np.ndarray:
+        """``array`` as its dataset's storage dtype (bfloat16 as its bits)."""
+        storage = self._storage[leaf]
+        return array if array.dtype == storage else array.view(storage)
+
+    def write_block(
+        self,
+        start: int,
+        count: int,
+        leaves: Sequence[np.ndarray],
+        prepared: PreparedBlock | None = None,
+    ) -> None:
+        """Write ``count`` frames from ``start`` (see the class docstring).
+
+        ``prepared``: what :meth:`prepare_block` returned for this block.
+        """
         self.check_block(start, count, leaves)
         stop = start + count
         for i, ds in enumerate(self.datasets):
-            array = leaves[i]
-            if array.dtype != self._storage[i]:
-                array = array.view(self._storage[i])
+            array = self._stored_view(i, leaves[i])
+            ready = prepared[i] if prepared is not None else None
             if not self.spec.time_axis:
                 ds[()] = array[0]
                 continue
@@ -130,14 +194,14 @@ class Hdf5ObjWriter:
             tail = self._tails[i]
             if tail is None or stop % tail.frames == 0:
                 if count:
-                    self._write_frames(i, start, array)
+                    self._write_frames(i, start, array, ready)
                 continue
             # The block ends inside a chunk of many frames, which is rewritten at
             # every flush until it fills up. Stored without compression its size
             # stays the same, so HDF5 rewrites it in place (see store/stored.py).
             tail_start = stop - stop % tail.frames
             if start < tail_start:
-                self._write_frames(i, start, array[: tail_start - start])
+                self._write_frames(i, start, array[: tail_start - start], ready)
             chunk = np.zeros(tail.shape, self._storage[i])
             if start > tail_start:
                 chunk[: start - tail_start] = ds[tail_start:start]
@@ -147,12 +211,19 @@ class Hdf5ObjWriter:
             ds.id.write_direct_chunk((tail_start,) + (0,) * (ds.ndim - 1), encoded)
         self.frames = stop
 
-    def _write_frames(self, leaf: int, start: int, array: np.ndarray) -> None:
+    def _write_frames(
+        self,
+        leaf: int,
+        start: int,
+        array: np.ndarray,
+        ready: dict[int, Future[bytes | None]] | None = None,
+    ) -> None:
         """``ds[start:start + len(array)] = array`` for ``leaf``'s dataset, whole chunks directly.
 
         Chunks of an unfiltered leaf (whole frames each, or slabs of rows of
         one frame) go as they are; chunks of a filtered one are compressed on
-        the pool.
+        the pool (``ready``: those whose compression already started, by
+        first frame) and written in order as each is done.
         """
         ds, plan = self.datasets[leaf], self._tails[leaf]
         count = len(array)
@@ -172,16 +243,19 @@ class Hdf5ObjWriter:
         if pool is None or plan is None or start % plan.frames or count % plan.frames:
             ds[start : start + count] = array
             return
-        size = plan.frames
-        filters = plan.filters
-        chunks = [array[j : j + size] for j in range(0, count, size)]
-        encoded = list(pool.map(lambda chunk: encode_compressed(chunk, filters), chunks))
-        if any(data is None for data in encoded):
-            ds[start : start + count] = array
-            return
+        size, filters = plan.frames, plan.filters
+        ready = ready or {}
+        encoding = [
+            ready.get(start + j) or pool.submit(encode_compressed, array[j : j + size], filters)
+            for j in range(0, count, size)
+        ]
         origin = (0,) * (ds.ndim - 1)
-        for j, data in enumerate(encoded):
-            ds.id.write_direct_chunk((start + j * size, *origin), data)
+        for j, future in zip(range(0, count, size), encoding, strict=True):
+            data = future.result()
+            if data is None:  # a filter not emulated here: HDF5 runs it
+                ds[start + j : start + j + size] = array[j : j + size]
+            else:
+                ds.id.write_direct_chunk((start + j, *origin), data)
 
 
 @dataclass(frozen=True)
@@ -284,14 +358,34 @@ class RunFileWriter:
         """Frames written per group (durable after the next :meth:`flush`)."""
         return [g.frames for g in self.groups]
 
-    def write_block(
+    def prepare_block(
         self, group_index: int, start: int, count: int, leaves: Sequence[np.ndarray]
+    ) -> PreparedBlock | None:
+        """Start compressing a block's chunks ahead of its write.
+
+        See :meth:`Hdf5ObjWriter.prepare_block`; unlike the rest of this
+        class, safe to call from any thread.
+        """
+        if not 0 <= group_index < len(self.groups):
+            return None
+        return self.groups[group_index].prepare_block(start, count, leaves)
+
+    def write_block(
+        self,
+        group_index: int,
+        start: int,
+        count: int,
+        leaves: Sequence[np.ndarray],
+        prepared: PreparedBlock | None = None,
     ) -> None:
-        """Write a block of frames to group ``group_index``."""
+        """Write a block of frames to group ``group_index``.
+
+        ``prepared``: what :meth:`prepare_block` returned for this block.
+        """
         group = self.groups[group_index]
         check_room(self.path, sum(leaf.nbytes for leaf in leaves))
         try:
-            group.write_block(start, count, leaves)
+            group.write_block(start, count, leaves, prepared)
         except OSError as e:
             raise StorageError(f"writing {group.spec.name} of {self.path} failed: {e}") from e
         self._dirty.add(group_index)
