@@ -14,7 +14,9 @@ The contract, which the local writer and the storage server both rely on:
   is written and flushed to disk.
 - A block that is written on its own (not merged with others) has its
   chunks' compression started on the file's chunk pool, if it has one, when
-  it is submitted: the pool works ahead of the writing thread.
+  it is submitted: the pool works ahead of the writing thread. The
+  compressed chunks wait with their blocks, so queued data may take up to
+  twice ``max_pending_bytes`` (less by the compression ratio).
 - Flushes that come due (``flush_interval``, ``flush_bytes``) do not stop the
   writing: the writing thread hands the data to the OS, a second thread
   ``fsync``s it, the writing thread then publishes the frame counts, and the
