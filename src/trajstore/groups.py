@@ -24,7 +24,7 @@ from trajstore.schema import GroupSpec, RunSpec, metadata_to_json
 __all__ = ["Frame", "GroupWriters", "prepare_groups", "extract_frames"]
 
 #: One frame ready to write: (group position, time index, host leaves).
-Frame = tuple[int, int, list[np.ndarray]]
+Frame = tuple[int, int, tuple[np.ndarray, ...]]
 
 
 def _is_group(node: object) -> bool:
@@ -156,6 +156,8 @@ def extract_frames(groups: list[GroupWriters], state: Any, step: int) -> list[Fr
     for _, _, leaves in extracted:
         start_host_copies(leaves)
     return [
-        (g.position, index, [to_host(leaf, owned=g.owned) for leaf in leaves])
+        # A tuple of arrays, which the garbage collector stops tracking at its
+        # first pass: frames wait in buffers by the thousand (BENCHMARKS.md, item 24).
+        (g.position, index, tuple([to_host(leaf, owned=g.owned) for leaf in leaves]))
         for g, index, leaves in extracted
     ]

@@ -61,7 +61,14 @@ from trajstore.store import layout
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
-__all__ = ["BlockSender", "Session", "close_session", "open_session"]
+__all__ = [
+    "SMALL_FRAME_BYTES",
+    "BlockSender",
+    "Session",
+    "block_buffers",
+    "close_session",
+    "open_session",
+]
 
 log = logging.getLogger("trajstore.client")
 
@@ -141,6 +148,33 @@ class _RawBlock:
 class _FlushMarker:
     done: threading.Event = field(default_factory=threading.Event)
     target: int = -1  # block to wait for; set by the encoder
+
+
+#: Frames of a leaf up to this size are joined into one array per block when
+#: it is sealed; larger ones travel as views of their host copies.
+SMALL_FRAME_BYTES = 16 << 10
+
+
+def block_buffers(frames: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The bytes of a block of ``frames`` in its layout: leaf by leaf, frame by frame.
+
+    Frames of a leaf larger than :data:`SMALL_FRAME_BYTES` are returned as they
+    are (views of the host copies, copied once, when sent); smaller ones are
+    joined into one array per leaf. A block of thousands of scalar frames then
+    holds a few objects until it is acknowledged rather than one per frame and
+    leaf: objects that live that long make Python's full garbage collections
+    -- which walk every object of the process, JAX's modules included, ~70 ms
+    each -- more frequent; the scalar workload spent a third of its time in
+    them (BENCHMARKS.md, item 24).
+    """
+    buffers: list[np.ndarray] = []
+    for i in range(len(frames[0]) if frames else 0):
+        column = [leaves[i] for leaves in frames]
+        if len(column) > 1 and column[0].nbytes <= SMALL_FRAME_BYTES:
+            buffers.append(np.array(column, dtype=column[0].dtype))
+        else:
+            buffers.extend(column)
+    return buffers
 
 
 @dataclass
@@ -505,9 +539,7 @@ class BlockSender:
         pending = self._pending[group]
         self._pending[group] = _Pending()
         count = len(pending.frames)
-        # Leaf by leaf, frame by frame: the block's layout, as views (copied once, when sent).
-        buffers = [leaves[i] for i in range(len(pending.frames[0])) for leaves in pending.frames]
-        parts = list(split_views(buffers, self._session.part_bytes))
+        parts = list(split_views(block_buffers(pending.frames), self._session.part_bytes))
         self._enqueue(group, pending.start, count, parts, pending.nbytes, self.actual_steps)
 
     def _enqueue(
