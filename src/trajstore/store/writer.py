@@ -41,7 +41,7 @@ OpenMode = Literal["create", "overwrite", "append"]
 
 #: A block's whole chunks being compressed on a chunk pool, per leaf (``None``:
 #: none of that leaf's), by the time index of each chunk's first frame.
-PreparedBlock = list["dict[int, Future[bytes | None]] | None"]
+PreparedBlock = list[dict[int, Future[bytes | None]] | None]
 
 
 class Hdf5ObjWriter:
