@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -29,8 +30,6 @@ def no_store_outlives_the_session():
     yield
     left = kill_leftover_stores()
     if left:
-        import warnings
-
         warnings.warn(f"killed store processes left running by tests: {left}", stacklevel=1)
 
 

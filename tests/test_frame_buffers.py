@@ -71,11 +71,11 @@ def test_single_frames_buffered_by_the_background_writer_are_untracked(tmp_path)
     try:
         for i in range(1000):  # fewer than a block: they wait in the writer's buffer
             writer.submit_frame(0, i, [np.full((), i, np.float32)] * 3)
+        buffered = writer._buffers[0].blocks
         deadline = time.monotonic() + 30
-        while writer._queue and time.monotonic() < deadline:  # the thread took them
+        while len(buffered) < 1000 and time.monotonic() < deadline:  # the thread took them
             time.sleep(0.01)
         gc.collect()
-        buffered = writer._buffers[0].blocks
         assert len(buffered) == 1000
         assert not any(gc.is_tracked(block) for block in buffered)
     finally:
