@@ -6,9 +6,11 @@ Real store processes killed with SIGKILL, real writer processes, the real
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 
 import h5py
@@ -390,3 +392,39 @@ def test_without_a_journal_the_writer_fails_clearly(tmp_path):
                 log.log(live_state(step), step)
             log.flush()
     log._sender.cancel()
+
+
+def test_a_flush_whose_blocks_cannot_reach_the_journal_raises_instead_of_hanging(tmp_path):
+    store = start_store(tmp_path / "data")
+    journal = tmp_path / "full.journal"
+    # Frames wait in the writer until a flush seals them: the flush itself meets the full disk.
+    log = writer(store.address, "full/flush", journal, send_interval=3600).__enter__()
+    failure: list[BaseException] = []
+
+    def flush():
+        try:
+            log.flush()
+        except BaseException as e:  # the test inspects whatever it was
+            failure.append(e)
+
+    try:
+        log.log(live_state(0), 0)
+        log.flush()
+        store.stop(signal.SIGKILL)
+        sender = log._sender
+        wait_until(lambda: sender._journal is not None)  # spilling from now on
+        with sender._cond:  # the journal's disk is full from here on
+            sender._journal._file.close()
+            sender._journal._file = open("/dev/full", "wb", buffering=0)  # noqa: SIM115
+        for step in range(1, 20):
+            log.log(live_state(step), step)
+        flushing = threading.Thread(target=flush, daemon=True)
+        flushing.start()
+        flushing.join(120)
+        assert not flushing.is_alive(), "flush() never returned after the journal failed"
+        assert len(failure) == 1 and isinstance(failure[0], E.JournalError), failure
+        assert "No space left" in str(failure[0])
+    finally:
+        with warnings.catch_warnings(), contextlib.suppress(E.TrajstoreError):
+            warnings.simplefilter("ignore")
+            log.__exit__(None, None, None)

@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -461,6 +461,7 @@ class BlockSender:
     # ------------------------------------------------------- encoder thread
 
     def _encode_loop(self) -> None:
+        items: list[object] = []
         try:
             while True:
                 with self._cond:
@@ -498,9 +499,9 @@ class BlockSender:
                 if due is not None and due <= 0:
                     self._seal_all(only_due=True)
         except TrajstoreError as e:  # e.g. the journal could not be written
-            self._fail(e)
+            self._fail(e, unprocessed=items)
         except Exception as e:  # encoding must never die silently
-            self._fail(TrajstoreError(f"encoding frames failed: {e!r}"))
+            self._fail(TrajstoreError(f"encoding frames failed: {e!r}"), unprocessed=items)
 
     def _next_send_due(self) -> float | None:
         oldest = [p.since for p in self._pending if p.frames]
@@ -883,7 +884,15 @@ class BlockSender:
         self._cond.notify_all()
 
     def _complete_markers(self) -> None:
-        """Complete flushes whose blocks are all durable (while away: in the journal). Lock held."""
+        """Complete flushes whose blocks are all durable (while away: in the journal). Lock held.
+
+        After a failure every flush completes: its caller raises the error.
+        """
+        if self._error is not None:
+            for marker in self._markers:
+                marker.done.set()
+            self._markers = []
+            return
         durable = self._acked
         if not self._connected:
             durable = max(durable, self._journal_synced)
@@ -895,13 +904,15 @@ class BlockSender:
                 waiting.append(marker)
         self._markers = waiting
 
-    def _fail(self, error: TrajstoreError) -> None:
+    def _fail(self, error: TrajstoreError, unprocessed: Iterable[object] = ()) -> None:
+        """Record ``error`` and wake every flush, also those the encoder has not taken yet."""
         with self._cond:
             if self._error is None:
                 self._error = error
-            for marker in self._markers:
-                marker.done.set()
-            self._markers = []
+            for item in (*unprocessed, *self._inbox):
+                if isinstance(item, _FlushMarker):
+                    item.done.set()
+            self._complete_markers()
             self._ending = True
             self._cond.notify_all()
             stream = self._stream
