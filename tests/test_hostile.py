@@ -203,6 +203,39 @@ def test_random_reads_get_typed_errors(hostile_store, run, group, leaf_ids, inde
     assert_serving(hostile_store)
 
 
+def test_reads_naming_a_leaf_a_million_times_or_a_huge_index_are_refused(hostile_store):
+    ensure_target(hostile_store)
+    stub = qpb_grpc.QueryServiceStub(hostile_store.channel)
+    before = rss_kib(hostile_store.process.pid)
+    repeated = qpb.ReadRequest(
+        run="target",
+        group="group['x']",
+        leaves=[0] * 1_000_000,
+        index=[qpb.IndexComponent(ellipsis=True)],
+    )
+    huge_index = qpb.ReadRequest(
+        run="target",
+        group="group['x']",
+        index=[qpb.IndexComponent(integer=0)] * 100_000,
+        index_is_tuple=True,
+    )
+    for read, message in ((repeated, "at most once"), (huge_index, "at most 64 components")):
+        for call in (
+            lambda r: list(stub.Read(r, timeout=60)),
+            lambda r: stub.Fetch(qpb.FetchRequest(read=r), timeout=60),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                call(read)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in info.value.details()
+    follow = qpb.FollowRequest(run="target", group="group['x']", leaves=[0] * 1_000_000)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Follow(follow, timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rss_kib(hostile_store.process.pid) - before < 200 * 1024
+    assert_serving(hostile_store)
+
+
 def ensure_target(store):
     """A small closed run named 'target' to aim reads at."""
     if (store.root / "data" / "target.h5").exists():

@@ -40,6 +40,13 @@ def test_follow_sees_every_frame_once_in_order_and_ends_at_close(store):
         # following a closed run from the middle: the rest at once, then the end
         tail = list(reader.focus_group("group['x']").follow(start=295, select=lambda s: s["b"]))
         assert [int(b) for b in tail] == [295, 296, 297, 298, 299]
+        twice = reader.focus_group("group['x']").follow(
+            start=298, select=lambda s: (s["b"], s["a"], s["b"])
+        )
+        assert [(int(b), a[0, 0], int(b2)) for b, a, b2 in twice] == [
+            (298, 298, 298),
+            (299, 299, 299),
+        ]
 
 
 def check_frames(group, n):

@@ -121,6 +121,20 @@ def test_select_and_chunks(shared_store, md_run, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_field_selected_twice_reads_as_two_equal_arrays(shared_store, md_run, kind):
+    run, states = md_run
+    positions = np.stack([s["p"].pos for s in states[::2]])
+    with open_reader(kind, shared_store, run) as reader:
+        traj = reader.focus_group("group['traj']")
+        for index in (slice(None), 3):  # a Read, and a one-frame Fetch remotely
+            pos, energy, again = traj.read(index, select=lambda p: (p.pos, p.energy, p.pos))
+            np.testing.assert_array_equal(pos, positions[index])
+            np.testing.assert_array_equal(again, positions[index])
+            np.testing.assert_array_equal(energy, np.arange(0, 30, 2)[index])
+            assert again is not pos and not np.shares_memory(again, pos)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_errors(shared_store, md_run, kind):
     run, _ = md_run
     with pytest.raises(E.RunNotFoundError), open_reader(kind, shared_store, "conf/absent"):

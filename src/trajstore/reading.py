@@ -19,7 +19,7 @@ from trajstore.errors import GroupNotFoundError, SchemaError
 from trajstore.pytree import rebuild
 from trajstore.schema import GroupSpec, RunSpec
 
-__all__ = ["GroupReader", "LeafSource", "group_position"]
+__all__ = ["GroupReader", "LeafSource", "group_position", "repeat_leaves"]
 
 Storage = TypeVar("Storage")
 
@@ -40,6 +40,24 @@ def group_position(spec: RunSpec, view_or_name: str | Callable[[Any], Any], run:
     if not isinstance(name, str) or name not in spec.group_names:
         raise GroupNotFoundError(f"no group {name!r} in {run}; groups: {spec.group_names}")
     return spec.group_names.index(name)
+
+
+def repeat_leaves(
+    positions: Sequence[int], unique: Sequence[int], arrays: Sequence[Any]
+) -> list[Any]:
+    """``arrays`` (one per ``unique`` position) in ``positions`` order; repeats get copies.
+
+    A selection may name a field twice; the store refuses reads that name a
+    leaf twice, so each leaf is read once and repeated here.
+    """
+    by_position = dict(zip(unique, arrays, strict=True))
+    seen: set[int] = set()
+    result = []
+    for position in positions:
+        array = by_position[position]
+        result.append(array.copy() if position in seen else array)
+        seen.add(position)
+    return result
 
 
 class LeafSource(Protocol):
@@ -127,6 +145,13 @@ class GroupReader(Generic[Storage]):
                 f"select must pick stored fields of {self.name}; it returned {chosen!r}"
             ) from None
 
+    def _read_leaves(self, positions: list[int], index: Any) -> list[Any]:
+        """Each leaf once from the source (a store refuses repeats); repeats get copies."""
+        unique = list(dict.fromkeys(positions))
+        if len(unique) == len(positions):
+            return self._source.read(positions, index)
+        return repeat_leaves(positions, unique, self._source.read(unique, index))
+
     def read(self, index: Any = ..., *, select: Callable[[Any], Any] | None = None) -> Any:
         """Read ``index`` of every leaf (or of the ``select``-ed ones) as a pytree.
 
@@ -143,7 +168,7 @@ class GroupReader(Generic[Storage]):
         if index is None:
             index = ...
         positions, treedef = self._selected(select)
-        arrays = self._source.read(positions, index)
+        arrays = self._read_leaves(positions, index)
         if treedef is not None:
             return jax.tree_util.tree_unflatten(treedef, arrays)
         return self._rebuild(arrays)

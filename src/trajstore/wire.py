@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import numpy as np
 
 from trajstore import errors
-from trajstore.blockcodec import split_views
 from trajstore.compression import Compression
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, structure_leaves
 from trajstore.v1 import ingest_pb2 as pb
@@ -22,6 +20,7 @@ from trajstore.v1 import query_pb2 as qpb
 
 __all__ = [
     "ERROR_CLASS_KEY",
+    "MAX_INDEX_COMPONENTS",
     "MODES",
     "error_from_rpc",
     "index_from_proto",
@@ -29,12 +28,14 @@ __all__ = [
     "mode_from_proto",
     "schema_from_proto",
     "schema_to_proto",
-    "split_parts",
     "status_code",
 ]
 
 #: Trailing-metadata key naming the TrajstoreError subclass the server raised.
 ERROR_CLASS_KEY = "trajstore-error-class"
+
+#: More components than numpy allows dimensions is never a valid index; refused before decoding.
+MAX_INDEX_COMPONENTS = 64
 
 MODES = {
     "create": pb.OPEN_MODE_CREATE,
@@ -200,6 +201,10 @@ def index_to_proto(index: object) -> tuple[list[qpb.IndexComponent], bool]:
 
 def index_from_proto(components: Sequence[qpb.IndexComponent], is_tuple: bool) -> object:
     """Decode what :func:`index_to_proto` encoded."""
+    if len(components) > MAX_INDEX_COMPONENTS:
+        raise errors.InvalidArgumentError(
+            f"an index has at most {MAX_INDEX_COMPONENTS} components, not {len(components)}"
+        )
     parts: list[object] = []
     for component in components:
         kind = component.WhichOneof("kind")
@@ -265,12 +270,3 @@ def error_from_rpc(error: grpc.RpcError) -> errors.TrajstoreError:
     if cls is None or cls.status != getattr(code, "name", None):
         cls = _DEFAULT_CLASS.get(code, errors.TrajstoreError)
     return cls(details)
-
-
-def split_parts(buffers: Sequence[np.ndarray], part_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Split the concatenation of ``buffers`` into ``(offset, bytes)`` parts.
-
-    Parts hold at most ``part_bytes``; an empty payload is one empty part.
-    """
-    for offset, views in split_views(buffers, part_bytes):
-        yield offset, b"".join(views)

@@ -19,7 +19,7 @@ from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.fetch_stream import FetchStream
 from trajstore.errors import NotOpenError, ResourceExhaustedError
 from trajstore.read_ahead import read_ahead
-from trajstore.reading import GroupReader, group_position
+from trajstore.reading import GroupReader, group_position, repeat_leaves
 from trajstore.schema import GroupSpec, RunSpec
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
@@ -222,10 +222,11 @@ class RemoteGroupReader(GroupReader[Any]):
             select: A view picking the fields to transfer (as in :meth:`read`).
         """
         positions, treedef = self._selected(select)
+        unique = list(dict.fromkeys(positions))  # the store sends each leaf once
         reader = self._remote._reader
         calls = reader.calls
-        request = qpb.FollowRequest(run=reader.run, group=self.name, leaves=positions, start=start)
-        leaves = [self.spec.leaves[i] for i in positions]
+        request = qpb.FollowRequest(run=reader.run, group=self.name, leaves=unique, start=start)
+        leaves = [self.spec.leaves[i] for i in unique]
         pending: dict[int, np.ndarray] = {}
         batch = (-1, 0)
         for incoming in calls.stream(calls.follow, request, timeout=timeout):
@@ -244,6 +245,8 @@ class RemoteGroupReader(GroupReader[Any]):
                 columns = [pending[i] for i in range(len(leaves))]
                 for k in range(part.count):
                     frame = [column[k] for column in columns]
+                    if len(unique) != len(positions):
+                        frame = repeat_leaves(positions, unique, frame)
                     if treedef is not None:
                         yield treedef.unflatten(frame)
                     else:

@@ -145,13 +145,16 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     # ------------------------------------------------------------- reading
 
     def _leaves(self, reader: RunFileReader, group: int, wanted: Sequence[int]) -> list[int]:
+        """The leaf positions a request names (none: all), each at most once."""
         count = len(reader.spec.groups[group].leaves)
         leaves = list(wanted) if wanted else list(range(count))
-        for leaf in leaves:
+        for leaf in leaves:  # stops at the first bad one, however long the list
             if leaf >= count:
                 raise errors.InvalidArgumentError(
                     f"{reader.spec.groups[group].name} has {count} leaves; no leaf {leaf}"
                 )
+        if len(set(leaves)) != len(leaves):
+            raise errors.InvalidArgumentError("a read names each leaf at most once")
         return leaves
 
     @staticmethod
