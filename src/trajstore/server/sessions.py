@@ -40,6 +40,9 @@ __all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]
 
 log = logging.getLogger("trajstore.server")
 
+#: How long an OpenRun waits for the run's last writer to finish closing.
+CLOSING_WAIT_SECONDS = 30.0
+
 
 def _close_logged(session: WriterSession, why: str) -> None:
     try:
@@ -248,7 +251,7 @@ class RunRegistry:
         self.metrics = metrics
         #: The gRPC health service, set by ``create_server``.
         self.health: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when a closing writer has closed
         self._by_run: dict[str, WriterSession] = {}
         self._by_id: dict[str, WriterSession] = {}
         self._opening: set[str] = set()
@@ -270,6 +273,9 @@ class RunRegistry:
         check_schema(spec, self.config.limits)
         expired = None
         with self._lock:
+            # A writer still closing the run (its final flush) has the file open: wait for it.
+            if not self._lock.wait_for(lambda: run not in self._closing, CLOSING_WAIT_SECONDS):
+                raise RunLockedError(f"run {run!r} is still being closed by its last writer")
             held = self._by_run.get(run)
             live = held is not None and (
                 time.monotonic() - held.last_active < self.config.lease_seconds
@@ -383,6 +389,7 @@ class RunRegistry:
             self._closing[session.run] -= 1
             if self._closing[session.run] <= 0:
                 del self._closing[session.run]
+                self._lock.notify_all()
 
     def _close_forgotten(self, session: WriterSession, why: str) -> None:
         try:
