@@ -351,3 +351,22 @@ def test_read_chunked_fetches_one_chunk_ahead_and_stops_when_left(store, monkeyp
     for got, want in zip(rest, expected, strict=True):
         np.testing.assert_array_equal(got["pos"], want["pos"])
         np.testing.assert_array_equal(got["vel"], want["vel"])
+
+
+def test_a_follower_that_stops_reading_does_not_keep_a_writer_from_the_run(store):
+    # 80 MB of frames: far more than gRPC buffers for a follower that reads nothing.
+    state = {"x": np.zeros(1_000_000, np.float32)}
+    config = {"x": WriterGroupConfig(view(lambda s: s["x"]), EveryNStep(1))}
+    with RemoteStorageWriter(store.address, "stalled/run", config, state, 20) as log:
+        for step in range(20):
+            log.log({"x": np.full(1_000_000, step, np.float32)}, step)
+    with connect(store.address) as client, client.open_run("stalled/run") as reader:
+        follow = reader.focus_group("group['x']").follow()
+        first = next(follow)  # the store is sending; this follower reads no further
+        np.testing.assert_array_equal(first[:3], [0, 0, 0])
+        with RemoteStorageWriter(
+            store.address, "stalled/run", config, state, 21, mode="append", timeout=20
+        ) as log:
+            log.log({"x": np.full(1_000_000, 20, np.float32)}, 20)
+        rest = [int(frame[0]) for frame in follow]  # it goes on, and sees the appended frame
+        assert rest == list(range(1, 21))

@@ -11,6 +11,7 @@ from trajstore import errors as E
 from trajstore.server.files import RunFiles
 
 from helpers import md_config, md_state, run_in_threads
+from servers import wait_until
 
 
 def make_run(data_dir, name):
@@ -70,7 +71,7 @@ def test_a_writer_waits_for_reads_and_the_next_read_gets_a_new_handle(tmp_path):
 
         writer = threading.Thread(target=write)
         writer.start()
-        writer.join(0.2)
+        wait_until(lambda: files._entries["r"].writers_waiting == 1)  # it waits for this read
         order.append("read done")
     writer.join(30)
     assert order == ["read done", "writing"]
@@ -97,3 +98,42 @@ def test_reads_and_writes_of_many_runs_from_many_threads_keep_the_bound(tmp_path
     failures = run_in_threads(work, 6)
     assert not failures, failures
     assert len(files) <= 3
+
+
+def test_reads_that_start_while_a_writer_waits_wait_for_it(tmp_path):
+    make_run(tmp_path, "r")
+    files = RunFiles(tmp_path)
+    order = []
+
+    def write():
+        with files.writing("r"):
+            order.append("writing")
+
+    def read():
+        with files.reading("r") as handle:
+            order.append(f"read {handle.frames(0)} frame")
+
+    with files.reading("r"):
+        writer = threading.Thread(target=write)
+        writer.start()
+        wait_until(lambda: files._entries["r"].writers_waiting == 1)
+        reader = threading.Thread(target=read)  # a steady stream of reads cannot starve it
+        reader.start()
+        reader.join(0.5)
+        order.append("first read done")
+    writer.join(30)
+    reader.join(30)
+    assert order == ["first read done", "writing", "read 1 frame"]
+
+
+def test_a_writer_gives_up_after_its_timeout_and_leaves_reads_as_they_were(tmp_path):
+    make_run(tmp_path, "r")
+    files = RunFiles(tmp_path)
+    with files.reading("r") as held:
+        with pytest.raises(E.RunLockedError, match="being read"), files.writing("r", timeout=0.2):
+            raise AssertionError("opened for writing while a read held the run")
+        assert files._entries["r"].writers_waiting == 0
+        with files.reading("r") as again:  # reads are not held back by the writer that left
+            assert again is held and held.frames(0) == 1
+    with files.writing("r", timeout=30):  # the reads ended: writers get in
+        pass

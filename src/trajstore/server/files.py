@@ -4,7 +4,10 @@ HDF5 lets one process open a file for reading while it holds it for
 writing, but not the other way round: creating, overwriting or appending to
 a run needs every read handle on it closed first. :class:`RunFiles` keeps
 one cached read handle per run and coordinates: reads share a run, opening
-it for writing waits until they are done and drops the cached handle.
+it for writing waits until they are done and drops the cached handle. A
+writer waiting goes first: reads that start after it wait for it, so a
+steady stream of reads cannot keep a run from being reopened; and it waits
+a bounded time, so a reader that stalls cannot hold a writer forever.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trajstore.errors import RunNotFoundError
+from trajstore.errors import RunLockedError, RunNotFoundError
 from trajstore.server.names import run_path
 from trajstore.store.reader import RunFileReader
 
@@ -28,13 +32,14 @@ __all__ = ["RunFiles"]
 class _Entry:
     readers: int = 0
     writing: bool = False
+    writers_waiting: int = 0
     handle: RunFileReader | None = None
     evicted: bool = False  # dropped from RunFiles: whoever holds it looks the run up again
     changed: threading.Condition = field(default_factory=threading.Condition)
 
 
 def _readable(entry: _Entry) -> bool:
-    return not entry.writing
+    return not entry.writing and not entry.writers_waiting
 
 
 def _writable(entry: _Entry) -> bool:
@@ -102,14 +107,30 @@ class RunFiles:
             self._evict_idle()
 
     @contextlib.contextmanager
-    def writing(self, run: str) -> Iterator[None]:
-        """Exclusive access to ``run`` while it is opened for writing."""
+    def writing(self, run: str, timeout: float | None = None) -> Iterator[None]:
+        """Exclusive access to ``run`` while it is opened for writing.
+
+        Raises:
+            RunLockedError: Reads of ``run`` still went on after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             entry = self._entry(run)
             with entry.changed:
-                entry.changed.wait_for(functools.partial(_writable, entry))
+                entry.writers_waiting += 1
+                try:
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    ready = entry.changed.wait_for(functools.partial(_writable, entry), left)
+                finally:
+                    entry.writers_waiting -= 1
+                    entry.changed.notify_all()  # reads held back by this writer may go on
                 if entry.evicted:
                     continue
+                if not ready:
+                    raise RunLockedError(
+                        f"run {run!r} is being read; it could not be opened for writing "
+                        f"within {timeout:.0f} s"
+                    )
                 entry.writing = True
                 if entry.handle is not None:
                     entry.handle.close()
@@ -133,7 +154,7 @@ class RunFiles:
                 if excess <= 0:
                     break
                 with entry.changed:
-                    if entry.readers == 0 and not entry.writing:
+                    if entry.readers == 0 and not entry.writing and not entry.writers_waiting:
                         if entry.handle is not None:
                             entry.handle.close()
                             entry.handle = None

@@ -268,38 +268,39 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 if not spec.time_axis:
                     raise errors.InvalidArgumentError(f"{spec.name} has no time axis to follow")
                 leaves = self._leaves(reader, group, request.leaves)
+            frame_bytes = max(sum(spec.leaves[i].frame_nbytes for i in leaves), 1)
+            per_batch = max(1, self.read_chunk_bytes // frame_bytes)
             next_frame = request.start
             while context.is_active():
                 session = self.registry.session_for(request.run)
                 acked = session.ack if session is not None else None
+                # A batch is read under the run's handle and sent after it is let go:
+                # a slow follower never keeps a writer from reopening the run.
                 with self.files.reading(request.run) as reader:
                     available = self._group_frames(reader, request.run, group)
-                    if available > next_frame:
-                        yield from self._frames_message(
-                            reader, group, leaves, next_frame, available
-                        )
-                        next_frame = available
-                        continue
+                    count = min(per_batch, available - next_frame)
+                    if count > 0:
+                        batch = slice(next_frame, next_frame + count)
+                        pieces = reader.read(group, leaves, batch, frames=available)
+                if count > 0:
+                    yield from self._follow_parts(next_frame, count, pieces)
+                    next_frame += count
+                    continue
                 if session is None or acked is None:
                     return  # closed, and everything was sent
                 session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
         except Exception as e:
             abort_with(context, e)
 
-    def _frames_message(
-        self, reader: RunFileReader, group: int, leaves: list[int], start: int, stop: int
+    def _follow_parts(
+        self, first: int, count: int, pieces: Sequence[np.ndarray]
     ) -> Iterator[qpb.FollowResponse | OutgoingPart]:
-        spec = reader.spec.groups[group]
-        frame_bytes = max(sum(spec.leaves[i].frame_nbytes for i in leaves), 1)
-        per_batch = max(1, self.read_chunk_bytes // frame_bytes)
-        for first in range(start, stop, per_batch):
-            count = min(per_batch, stop - first)
-            pieces = reader.read(group, leaves, slice(first, first + count), frames=stop)
-            for position, piece in enumerate(pieces):
-                total = piece.nbytes
-                for at, views in split_views([piece], self.part_bytes):
-                    self._count_read(sum(len(v) for v in views))
-                    header = qpb.FollowResponse(
-                        start=first, count=count, leaf=position, offset=at, total_bytes=total
-                    )
-                    yield OutgoingPart(header, views)
+        """Frames ``[first, first + count)`` of the followed leaves, in parts."""
+        for position, piece in enumerate(pieces):
+            total = piece.nbytes
+            for at, views in split_views([piece], self.part_bytes):
+                self._count_read(sum(len(v) for v in views))
+                header = qpb.FollowResponse(
+                    start=first, count=count, leaf=position, offset=at, total_bytes=total
+                )
+                yield OutgoingPart(header, views)

@@ -40,8 +40,9 @@ __all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]
 
 log = logging.getLogger("trajstore.server")
 
-#: How long an OpenRun waits for the run's last writer to finish closing.
-CLOSING_WAIT_SECONDS = 30.0
+#: How long an OpenRun waits for the run's last writer to finish closing and
+#: for reads of the run to end, before it raises RunLockedError.
+OPEN_WAIT_SECONDS = 30.0
 
 
 def _close_logged(session: WriterSession, why: str) -> None:
@@ -271,10 +272,11 @@ class RunRegistry:
         """
         path = run_path(self.config.data_dir, run)
         check_schema(spec, self.config.limits)
+        deadline = time.monotonic() + OPEN_WAIT_SECONDS
         expired = None
         with self._lock:
             # A writer still closing the run (its final flush) has the file open: wait for it.
-            if not self._lock.wait_for(lambda: run not in self._closing, CLOSING_WAIT_SECONDS):
+            if not self._lock.wait_for(lambda: run not in self._closing, OPEN_WAIT_SECONDS):
                 raise RunLockedError(f"run {run!r} is still being closed by its last writer")
             held = self._by_run.get(run)
             live = held is not None and (
@@ -296,7 +298,7 @@ class RunRegistry:
             if expired is not None:
                 why = "taken over" if expired.id == takeover else "lease expired"
                 self._close_forgotten(expired, why)
-            session = self._create(run, path, mode, spec)
+            session = self._create(run, path, mode, spec, deadline - time.monotonic())
             with self._lock:
                 self._by_run[run] = session
                 self._by_id[session.id] = session
@@ -305,10 +307,13 @@ class RunRegistry:
             with self._lock:
                 self._opening.discard(run)
 
-    def _create(self, run: str, path: Path, mode: OpenMode, spec: RunSpec) -> WriterSession:
+    def _create(
+        self, run: str, path: Path, mode: OpenMode, spec: RunSpec, wait: float
+    ) -> WriterSession:
+        """Open the run's file (waiting up to ``wait`` s for reads of it to end)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self.files.writing(run):
+            with self.files.writing(run, timeout=max(wait, 0.0)):
                 file = RunFileWriter(path, spec, mode=mode, chunk_pool=self._chunk_pool)
         except RunExistsError:
             raise RunExistsError(
