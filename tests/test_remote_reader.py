@@ -20,10 +20,13 @@ from trajstore import (
     view,
 )
 from trajstore import errors as E
+from trajstore.blockcodec import IncomingArrays, IncomingPart
+from trajstore.client.reader import _assemble, _unpack
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.indexing import plan_index
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
+from trajstore.v1 import query_pb2 as qpb
 
 from helpers import advance, md_config, md_state, run_in_threads
 from servers import start_store, wait_until
@@ -370,3 +373,69 @@ def test_a_follower_that_stops_reading_does_not_keep_a_writer_from_the_run(store
             log.log({"x": np.full(1_000_000, 20, np.float32)}, 20)
         rest = [int(frame[0]) for frame in follow]  # it goes on, and sees the appended frame
         assert rest == list(range(1, 21))
+
+
+# ------------------------------------------------- answers that do not add up
+
+
+def _parts(*pieces):
+    return iter(
+        IncomingPart(qpb.ReadResponse(leaf=leaf, offset=offset), memoryview(data))
+        for leaf, offset, data in pieces
+    )
+
+
+def test_a_read_whose_parts_do_not_fill_the_result_raises_never_returns_garbage():
+    results = [qpb.LeafResult(shape=[2, 2]), qpb.LeafResult(shape=[3])]
+    dtypes = [np.dtype(np.float32), np.dtype(np.int8)]
+    a, b = np.arange(4, dtype=np.float32).tobytes(), b"\x01\x02\x03"
+    whole = _assemble(results, dtypes, _parts((0, 0, a[:8]), (0, 8, a[8:]), (1, 0, b)))
+    np.testing.assert_array_equal(whole[0], [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(whole[1], [1, 2, 3])
+    for pieces in (
+        [(0, 0, a[:8]), (1, 0, b)],  # leaf 0 short (a store cut the read)
+        [(0, 0, a)],  # leaf 1 missing
+        [(0, 8, a[8:]), (0, 0, a[:8]), (1, 0, b)],  # out of order
+        [(0, 0, a), (0, 0, a), (1, 0, b)],  # twice
+        [(0, 0, a + b"xx"), (1, 0, b)],  # too long
+        [(0, 0, a), (2, 0, b)],  # no such leaf
+    ):
+        with pytest.raises(E.StorageError, match="incomplete"):
+            _assemble(results, dtypes, _parts(*pieces))
+
+
+def test_a_fetch_whose_arrays_do_not_match_their_shapes_raises():
+    def fetched(results, data):
+        return IncomingArrays(qpb.FetchResponse(results=results), [memoryview(d) for d in data])
+
+    shape = [qpb.LeafResult(shape=[2])]
+    dtypes = [np.dtype(np.int16)]
+    np.testing.assert_array_equal(_unpack(fetched(shape, [b"\x01\x00\x02\x00"]), dtypes), [[1, 2]])
+    for results, data in ((shape, [b"\x01\x00"]), (shape, []), (shape * 2, [b"\0" * 4] * 2)):
+        with pytest.raises(E.StorageError, match="incomplete"):
+            _unpack(fetched(results, data), dtypes)
+
+
+def test_a_read_planned_before_its_frames_were_rewritten_raises_instead_of_coming_back_short(
+    tmp_path,
+):
+    spec = RunSpec(groups=(GroupSpec("group", True, (LeafSpec("", "float32", (3,)),)),))
+    path = tmp_path / "run.h5"
+    writer = RunFileWriter(path, spec)
+    try:
+        writer.write_block(0, 0, 10, [np.ones((10, 3), np.float32)])
+        writer.flush()
+        reader = RunFileReader(path)
+        try:
+            plan = reader.plan(0, 0, slice(None), 10)  # planned for the 10 frames acknowledged
+            # The writer rewrites from frame 4 (a resend after a reconnect) before the read.
+            writer.write_block(0, 4, 2, [np.zeros((2, 3), np.float32)])
+            with pytest.raises(E.FailedPreconditionError, match="rewritten"):
+                reader.read_plans(0, [0], [plan], frames=10)
+            with pytest.raises(E.FailedPreconditionError, match="rewritten"):
+                reader.read(0, [0], 8, frames=10)  # an index past the new end
+            np.testing.assert_array_equal(reader.read(0, [0], slice(None), frames=6)[0][4], 0)
+        finally:
+            reader.close()
+    finally:
+        writer.close()

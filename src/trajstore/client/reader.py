@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ from trajstore import wire
 from trajstore.blockcodec import IncomingArrays, IncomingPart, query_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.fetch_stream import FetchStream
-from trajstore.errors import NotOpenError, ResourceExhaustedError
+from trajstore.errors import NotOpenError, ResourceExhaustedError, StorageError
 from trajstore.read_ahead import read_ahead
 from trajstore.reading import GroupReader, group_position, repeat_leaves
 from trajstore.schema import GroupSpec, RunSpec
@@ -122,24 +123,49 @@ class _Calls:
         self.channel.close()
 
 
+def _incomplete(what: str) -> StorageError:
+    return StorageError(f"the store's answer was incomplete: {what}")
+
+
 def _assemble(
     results: Sequence[qpb.LeafResult],
     dtypes: Sequence[np.dtype[Any]],
     parts: Iterator[IncomingPart[qpb.ReadResponse]],
 ) -> list[Any]:
+    """The results of a Read from its parts, which must fill each leaf in order.
+
+    Raises:
+        StorageError: A part out of place, or a leaf not filled: never
+            returns memory the store did not send.
+    """
+    if len(results) != len(dtypes):
+        raise _incomplete(f"{len(results)} results for {len(dtypes)} leaves")
     arrays = [np.empty(tuple(r.shape), dtype) for r, dtype in zip(results, dtypes, strict=True)]
     raw = [a.reshape(-1).view(np.uint8) for a in arrays]
+    received = [0] * len(raw)
     for part in parts:
-        target = raw[part.fields.leaf]
-        offset = part.fields.offset
-        target[offset : offset + len(part.data)] = np.frombuffer(part.data, np.uint8)
+        leaf, offset, size = part.fields.leaf, part.fields.offset, len(part.data)
+        if leaf >= len(raw) or offset != received[leaf] or offset + size > raw[leaf].size:
+            raise _incomplete(f"a part of leaf {leaf} at byte {offset} out of place")
+        raw[leaf][offset : offset + size] = np.frombuffer(part.data, np.uint8)
+        received[leaf] += size
+    for leaf, (got, target) in enumerate(zip(received, raw, strict=True)):
+        if got != target.size:
+            raise _incomplete(f"{got} of {target.size} bytes of leaf {leaf}")
     return [a[()] if r.scalar else a for a, r in zip(arrays, results, strict=True)]
 
 
 def _unpack(response: Fetched, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
+    """The results of a Fetch (one message); :class:`StorageError` if they do not add up."""
+    results, data = response.fields.results, response.data
+    if not len(results) == len(data) == len(dtypes):
+        raise _incomplete(f"{len(results)} results, {len(data)} arrays for {len(dtypes)} leaves")
     arrays = []
-    for result, data, dtype in zip(response.fields.results, response.data, dtypes, strict=True):
-        array = np.frombuffer(data, dtype).reshape(tuple(result.shape)).copy()  # writable
+    for leaf, (result, buffer, dtype) in enumerate(zip(results, data, dtypes, strict=True)):
+        shape = tuple(result.shape)
+        if len(buffer) != math.prod(shape) * dtype.itemsize:
+            raise _incomplete(f"{len(buffer)} bytes for leaf {leaf} of shape {shape}")
+        array = np.frombuffer(buffer, dtype).reshape(shape).copy()  # writable
         arrays.append(array[()] if result.scalar else array)
     return arrays
 
@@ -228,10 +254,14 @@ class RemoteGroupReader(GroupReader[Any]):
         request = qpb.FollowRequest(run=reader.run, group=self.name, leaves=unique, start=start)
         leaves = [self.spec.leaves[i] for i in unique]
         pending: dict[int, np.ndarray] = {}
+        filled: dict[int, int] = {}  # bytes of each leaf of the batch received so far
         batch = (-1, 0)
+        next_frame = start
         for incoming in calls.stream(calls.follow, request, timeout=timeout):
             part, data = incoming.fields, incoming.data
             if (part.start, part.count) != batch:
+                if part.start != next_frame or filled:  # batches come whole, in order
+                    raise _incomplete(f"frames from {part.start} where {next_frame} was next")
                 batch = (part.start, part.count)
                 pending = {}
             array = pending.get(part.leaf)
@@ -239,9 +269,18 @@ class RemoteGroupReader(GroupReader[Any]):
                 leaf = leaves[part.leaf]
                 array = pending[part.leaf] = np.empty((part.count, *leaf.shape), leaf.np_dtype)
             flat = array.reshape(-1).view(np.uint8)
-            flat[part.offset : part.offset + len(data)] = np.frombuffer(data, np.uint8)
-            last_part = part.offset + len(data) == part.total_bytes
-            if last_part and part.leaf == len(leaves) - 1:  # leaves arrive in order
+            size = len(data)
+            if part.offset != filled.get(part.leaf, 0) or part.offset + size > flat.size:
+                raise _incomplete(f"a part of leaf {part.leaf} at byte {part.offset} out of place")
+            flat[part.offset : part.offset + size] = np.frombuffer(data, np.uint8)
+            filled[part.leaf] = part.offset + size
+            if part.leaf == len(leaves) - 1 and filled[part.leaf] == flat.size:
+                if any(
+                    i not in pending or filled[i] != pending[i].nbytes for i in range(len(leaves))
+                ):
+                    raise _incomplete(f"frames from {part.start}: a leaf not filled")
+                filled = {}
+                next_frame = part.start + part.count
                 columns = [pending[i] for i in range(len(leaves))]
                 for k in range(part.count):
                     frame = [column[k] for column in columns]

@@ -14,6 +14,7 @@ import hdf5plugin  # noqa: F401  (registers the zstd filter, so compressed runs 
 import numpy as np
 
 from trajstore.errors import (
+    FailedPreconditionError,
     FrameIndexError,
     GroupNotFoundError,
     NotOpenError,
@@ -193,12 +194,24 @@ class RunFileReader:
         return plan_index(index, shape)
 
     def _read(self, ds: h5py.Dataset, leaf: LeafSpec, plan: Plan) -> np.ndarray:
+        """``plan``'s result; never a short one.
+
+        Raises:
+            FailedPreconditionError: The dataset shrank since the read was
+                planned (its writer rewrote frames it had: a resend after a
+                reconnect, or a restart from a checkpoint); h5py would have
+                returned fewer rows, or failed on an index past the new end.
+        """
         try:
             data = np.asarray(ds[plan.hyperslab])
         except OSError as e:
             raise StorageError(f"reading {ds.name} failed: {e}") from e
+        except IndexError:  # only an index past the end: the dataset shrank since planned
+            raise _rewritten(ds) from None
         if plan.needs_fixup:
             data = data[plan.fixup]
+        if data.shape != plan.shape:
+            raise _rewritten(ds)
         if data.dtype != leaf.np_dtype:
             data = data.view(leaf.np_dtype)
         return data
@@ -270,3 +283,10 @@ class RunFileReader:
                 False,
             )
             yield np.ascontiguousarray(self._read(ds, spec, sub))
+
+
+def _rewritten(ds: h5py.Dataset) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"{ds.name} was rewritten while it was being read (its writer replaced frames, "
+        f"now {ds.shape[0] if ds.shape else 0}): read again"
+    )
