@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -12,6 +17,10 @@ from trajstore.errors import TrajstoreError
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
+from trajstore.v1 import query_pb2 as qpb
+from trajstore.v1 import query_pb2_grpc as qpb_grpc
+
+from servers import start_store, wait_until
 
 SPEC = RunSpec(
     groups=(
@@ -142,6 +151,33 @@ def test_unknown_session_and_mixed_sessions(stub):
         call(stub.CloseRun, pb.CloseRunRequest(session="nope"))
 
 
+def test_a_second_write_stream_of_a_session_is_refused_typed(stub):
+    session = open_run(stub).session
+    release = threading.Event()
+
+    def held_open():
+        yield pb.WriteRequest(session=session)
+        release.wait(60)
+
+    first = stub.Write(held_open())
+    try:
+        wait_until(lambda: _refused_second_stream(stub, session))
+    finally:
+        release.set()
+        list(first)
+    call(stub.CloseRun, pb.CloseRunRequest(session=session))
+
+
+def _refused_second_stream(stub, session):
+    """Whether a second stream is refused with RunLockedError (False: the first is not up yet)."""
+    try:
+        stream(stub, session)
+    except E.RunLockedError as e:
+        assert "already has a write stream" in str(e)
+        return True
+    return False
+
+
 def spec_with(**changes) -> pb.RunSchema:
     message = wire.schema_to_proto(SPEC)
     for path, value in changes.items():
@@ -243,3 +279,46 @@ def test_data_without_a_block_number_is_refused(stub):
     session = open_run(stub).session
     with pytest.raises(E.InvalidArgumentError, match="block number"):
         stream(stub, session, block(0, 0, 1))
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_rewinding_first_block_leaves_the_store_idle_until_it_is_durable(tmp_path):
+    # A resend after a reconnect lowers the frames readers see before any block
+    # of the new session is durable; the acknowledging loop must wait, not spin.
+    store = start_store(tmp_path / "data", "--flush-interval", "60", "--flush-bytes", "1000000000")
+    try:
+        with grpc.insecure_channel(store.address) as channel:
+            stub = pb_grpc.IngestServiceStub(channel)
+            query = qpb_grpc.QueryServiceStub(channel)
+            first = open_run(stub).session
+            stream(stub, first, block(1, 0, 4), pb.WriteRequest(flush=True))
+            call(stub.CloseRun, pb.CloseRunRequest(session=first, actual_steps=4))
+            session = open_run(stub, mode="append").session
+            idle_done = threading.Event()
+
+            def requests():
+                yield pb.WriteRequest(session=session)
+                yield block(1, 2, 1)  # rewrites frame 2: the run shows 2 frames until durable
+                idle_done.wait(60)
+                yield pb.WriteRequest(flush=True)
+
+            acks = stub.Write(requests())
+
+            def visible():
+                info = query.DescribeRun(qpb.DescribeRunRequest(run="hand")).info
+                return info.groups[0].frames
+
+            wait_until(lambda: visible() == 2)
+            before = cpu_seconds(store.process.pid)
+            time.sleep(2.0)  # the store has nothing to do meanwhile
+            used = cpu_seconds(store.process.pid) - before
+            idle_done.set()
+            assert [(a.durable_block, list(a.durable_frames)) for a in acks] == [(1, [3, 0])]
+            assert used < 0.5, f"the store used {used:.2f} s of CPU in 2 s with nothing to do"
+            call(stub.CloseRun, pb.CloseRunRequest(session=session, actual_steps=3))
+    finally:
+        assert store.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -106,15 +107,16 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.WriteResponse]:
         """Receive blocks; answer with acknowledgements as data becomes durable."""
-        try:
-            first = next(request_iterator, None)
-            if first is None:
+        with contextlib.ExitStack() as held:
+            try:
+                first = next(request_iterator, None)
+                if first is None:
+                    return
+                session = self.registry.get(first.fields.session)
+                held.enter_context(session.stream())  # RunLockedError: one stream per session
+            except Exception as e:
+                abort_with(context, e)
                 return
-            session = self.registry.get(first.fields.session)
-        except Exception as e:
-            abort_with(context, e)
-            return
-        with session.stream():
             yield from self._acknowledge(session, first, request_iterator, context)
 
     def _acknowledge(
@@ -145,9 +147,12 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         sent = session.ack
         while True:
             ack = session.wait_for_ack(sent, timeout=1.0, stop=done.is_set)
-            if ack != sent and ack.block:
-                sent = ack
-                yield _ack_message(ack)
+            if ack != sent:
+                # Also when there is nothing to send (a rewind lowered the visible
+                # frames before any block was durable): else this loop spins.
+                sent, new_block = ack, ack.block != sent.block
+                if new_block:
+                    yield _ack_message(ack)
             if done.is_set() and session.ack == sent:
                 break
             if session.writer.failed:
