@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from trajstore import HDF5StorageReader, RemoteStorageWriter, serve
+import click
+import pytest
+from click.testing import CliRunner
+
+from trajstore import HDF5StorageReader, RemoteStorageWriter, cli, serve
+from trajstore import errors as E
+from trajstore.server.config import Limits, ServerConfig
 
 from helpers import md_config, md_state
 
@@ -62,6 +69,49 @@ def test_every_flag_is_also_an_environment_variable(tmp_path):
     assert line.startswith("trajstore serving on 127.0.0.1:")
     assert str(tmp_path / "envdata") in line
     assert (tmp_path / "envdata").is_dir()
+
+
+def test_every_option_of_serve_has_its_variable():
+    options = [p for p in cli.serve.params if isinstance(p, click.Option)]
+    assert len(options) >= 20
+    for option in options:
+        assert option.envvar == "TRAJSTORE_" + option.name.upper(), option.name
+        assert option.show_envvar, option.name
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for option in options:  # README's table of settings names every one
+        assert f"`{option.opts[0]}`" in readme and f"`{option.envvar}`" in readme, option.name
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-message-bytes", "0"),  # would split every read into empty parts forever
+        ("--max-pending-bytes", "0"),
+        ("--max-frame-bytes", "-1"),
+        ("--max-open-runs", "0"),
+        ("--max-workers", "0"),
+        ("--flush-bytes", "0"),
+        ("--compress-threads", "0"),
+        ("--flush-interval", "0"),
+        ("--lease-seconds", "-5"),
+        ("--shutdown-grace", "-1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_the_store_starts(tmp_path, flag, value):
+    data = tmp_path / "data"
+    result = CliRunner().invoke(cli.main, ["serve", "--data-dir", str(data), flag, value])
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and "range" in result.output
+    assert not data.exists()
+
+
+def test_out_of_range_settings_are_refused_in_python_too(tmp_path):
+    for limits in ({"max_message_bytes": 0}, {"max_pending_bytes_per_run": -1}):
+        with pytest.raises(E.InvalidArgumentError, match="at least 1"):
+            Limits(**limits)
+    for settings in ({"flush_interval": 0.0}, {"lease_seconds": -1.0}, {"max_workers": 0}):
+        with pytest.raises(E.InvalidArgumentError, match=r"positive|at least 1"):
+            ServerConfig(data_dir=tmp_path, **settings)
 
 
 def test_help_lists_the_variables():

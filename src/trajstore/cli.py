@@ -64,7 +64,7 @@ def main() -> None:
 @click.option(
     "--flush-interval",
     envvar="TRAJSTORE_FLUSH_INTERVAL",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=0.2,
     show_default=True,
     show_envvar=True,
@@ -90,7 +90,7 @@ def main() -> None:
 @click.option(
     "--lease-seconds",
     envvar="TRAJSTORE_LEASE_SECONDS",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
     show_envvar=True,
@@ -99,7 +99,7 @@ def main() -> None:
 @click.option(
     "--max-message-bytes",
     envvar="TRAJSTORE_MAX_MESSAGE_BYTES",
-    type=int,
+    type=click.IntRange(min=1),
     default=16 << 20,
     show_default=True,
     show_envvar=True,
@@ -108,7 +108,7 @@ def main() -> None:
 @click.option(
     "--max-frame-bytes",
     envvar="TRAJSTORE_MAX_FRAME_BYTES",
-    type=int,
+    type=click.IntRange(min=1),
     default=4 << 30,
     show_default=True,
     show_envvar=True,
@@ -117,7 +117,7 @@ def main() -> None:
 @click.option(
     "--max-pending-bytes",
     envvar="TRAJSTORE_MAX_PENDING_BYTES",
-    type=int,
+    type=click.IntRange(min=1),
     default=256 << 20,
     show_default=True,
     show_envvar=True,
@@ -126,7 +126,7 @@ def main() -> None:
 @click.option(
     "--max-open-runs",
     envvar="TRAJSTORE_MAX_OPEN_RUNS",
-    type=int,
+    type=click.IntRange(min=1),
     default=1024,
     show_default=True,
     show_envvar=True,
@@ -135,7 +135,7 @@ def main() -> None:
 @click.option(
     "--max-workers",
     envvar="TRAJSTORE_MAX_WORKERS",
-    type=int,
+    type=click.IntRange(min=1),
     default=64,
     show_default=True,
     show_envvar=True,
@@ -202,7 +202,7 @@ def main() -> None:
 @click.option(
     "--shutdown-grace",
     envvar="TRAJSTORE_SHUTDOWN_GRACE",
-    type=float,
+    type=click.FloatRange(min=0),
     default=10.0,
     show_default=True,
     show_envvar=True,

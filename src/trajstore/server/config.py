@@ -36,6 +36,11 @@ class Limits:
     max_pending_bytes_per_run: int = 256 << 20
     max_open_runs: int = 1024
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise InvalidArgumentError(f"{name} must be at least 1, not {value}")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -84,5 +89,11 @@ class ServerConfig:
                 f"refusing to listen on {self.listen} without access tokens: give tokens "
                 f"(--tokens-file or TRAJSTORE_TOKENS) or, to run open, --insecure"
             )
+        for name in ("flush_interval", "lease_seconds"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgumentError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("flush_bytes", "compress_threads", "max_workers"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name} must be at least 1, not {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgumentError("TLS needs both a certificate and its key")
