@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 
 from trajstore import Compression, EveryNStep, Once, WriterGroupConfig, view
 
@@ -63,3 +66,16 @@ def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseExceptio
     for thread in threads:
         thread.join()
     return failures
+
+
+def needs_tool(name: str, why: str) -> str:
+    """The path of the command ``name``; without it the test is skipped, but fails under CI.
+
+    CI must run every test: a missing tool there is a broken set-up, not a reason to skip.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing on this CI machine; it is needed {why}")
+        pytest.skip(f"{name} is needed {why}")
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from trajstore import RemoteStorageReader, RemoteStorageWriter, connect
 from trajstore import errors as E
 from trajstore.server.auth import Role, Tokens, is_loopback
 
-from helpers import md_config, md_state
+from helpers import md_config, md_state, needs_tool
 from servers import start_store
 
 TOKENS = "write:w-secret-1, read:r-secret-2"
@@ -147,8 +146,7 @@ def test_secure_default_refuses_to_listen_open_beyond_loopback(tmp_path):
 
 @pytest.fixture
 def certificate(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+    needs_tool("openssl", "to make a test certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [
@@ -193,5 +191,12 @@ def test_tls_with_a_self_signed_certificate(tmp_path, certificate):
                 np.testing.assert_array_equal(reader.focus_group("group['box']")[...], np.eye(3))
         with pytest.raises(E.UnavailableError):  # plain text to a TLS port
             connect(store.address, token="r-secret-2", timeout=5).list_runs()
+        health = [sys.executable, "-m", "trajstore", "health", "--address", store.address]
+        checked = subprocess.run(
+            [*health, "--tls-ca", str(cert)], capture_output=True, text=True, timeout=120
+        )
+        assert checked.returncode == 0 and checked.stdout.strip() == "SERVING", checked.stderr
+        plain = subprocess.run([*health, "--timeout", "3"], capture_output=True, timeout=120)
+        assert plain.returncode != 0  # the container's HEALTHCHECK needs TRAJSTORE_TLS_CA too
     finally:
         assert store.stop() == 0

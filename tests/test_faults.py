@@ -6,7 +6,6 @@ with every frame exactly once, in order.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 
@@ -24,7 +23,7 @@ from trajstore import (
 )
 from trajstore import errors as E
 
-from helpers import md_config, md_state
+from helpers import md_config, md_state, needs_tool
 from servers import (
     assert_every_frame_once,
     durable_frames,
@@ -116,8 +115,7 @@ def test_sigterm_drains_flushes_and_closes_every_file(tmp_path):
 
 
 def test_a_full_disk_fails_that_writer_and_the_store_serves_the_rest(tmp_path):
-    if shutil.which("prlimit") is None:
-        pytest.skip("prlimit (util-linux) is needed to give the store a small disk")
+    needs_tool("prlimit", "(util-linux) to give the store a small disk")
     # The store may write no file beyond 4 MiB: writes past it fail with EFBIG,
     # as on a full disk.
     store = start_store(tmp_path / "data", launcher=["prlimit", f"--fsize={4 << 20}"])

@@ -303,37 +303,7 @@ def _configure_logging(level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-@main.command()
-@click.option(
-    "--address",
-    envvar="TRAJSTORE_ADDRESS",
-    default="127.0.0.1:50051",
-    show_default=True,
-    show_envvar=True,
-    help="host:port of the store.",
-)
-@click.option("--timeout", type=float, default=5.0, show_default=True)
-def health(address: str, timeout: float) -> None:
-    """Exit 0 if the store answers SERVING on the gRPC health service (for HEALTHCHECK)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            status = (
-                health_pb2_grpc.HealthStub(channel)
-                .Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-                .status
-            )
-        except grpc.RpcError as e:
-            message = f"the store at {address} does not answer: {e.code().name}"
-            raise click.ClickException(message) from None
-    if status != health_pb2.HealthCheckResponse.SERVING:
-        raise click.ClickException(f"the store at {address} is not serving")
-    click.echo("SERVING")
-
-
-# ------------------------------------------------------------------ client side
+# ------------------------------------------------- commands that call a store
 
 address_option = click.option(
     "--address",
@@ -358,6 +328,36 @@ tls_option = click.option(
     show_envvar=True,
     help="CA certificate (PEM): connect with TLS.",
 )
+
+
+@main.command()
+@address_option
+@tls_option
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health(address: str, tls_ca: Path | None, timeout: float) -> None:
+    """Exit 0 if the store answers SERVING on the gRPC health service (for HEALTHCHECK).
+
+    A store serving TLS is checked with the CA to trust (``--tls-ca`` or
+    ``TRAJSTORE_TLS_CA``); its certificate must name the address checked.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from trajstore.client.channel import open_channel
+
+    with open_channel(address, tls_ca) as channel:
+        try:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                .status
+            )
+        except grpc.RpcError as e:
+            message = f"the store at {address} does not answer: {e.code().name}"
+            raise click.ClickException(message) from None
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        raise click.ClickException(f"the store at {address} is not serving")
+    click.echo("SERVING")
 
 
 def _client(address: str, token: str | None, tls_ca: Path | None) -> Client:
