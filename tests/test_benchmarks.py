@@ -23,7 +23,9 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path):
     results = json.loads(out.read_text())
     for name in ("md", "md_zstd", "scalars", "big"):
         assert {"local", "remote", "remote_vs_local", "bytes"} <= set(results[name])
-        assert results[name]["remote"]["rss_growth_mb"] >= 0
+        remote = results[name]["remote"]
+        assert {"rss_growth_mb", "log_median_us", "log_p99_us"} <= set(remote), remote
+        assert 0 < remote["log_median_us"] <= remote["log_p99_us"]
     assert {"h5py"} <= set(results["md"])
     assert results["grpc"]["mb_s_1mib"] > 0
     assert results["fan_in"]["clients"] == 8

@@ -75,14 +75,17 @@ def test_killed_writer_releases_the_run_after_its_lease(tmp_path):
 
         with pytest.raises(E.RunLockedError):
             resume()
-        deadline = time.monotonic() + 60
-        while True:
+        resumed = []
+
+        def resumes():  # once the 5 s lease of the killed writer has lapsed
             try:
-                log = resume()
-                break
+                resumed.append(resume())
             except E.RunLockedError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(resumes, timeout=120, interval=0.2)
+        (log,) = resumed
         (durable,) = log.resumed_frames
         assert durable >= 50
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -46,6 +47,23 @@ def test_stop_flushes_runs_still_open(tmp_path):
     with h5py.File(tmp_path / "data" / "open.h5", "r") as f:  # plain open: not left in SWMR
         assert f["group['energy']"].attrs["frames"] == 3
     log._sender.cancel()  # the connection is gone; abandon it
+
+
+def test_wait_returns_once_every_run_is_closed(tmp_path):
+    handle = serve(tmp_path / "data", "127.0.0.1:0", flush_interval=3600)
+    state = md_state()
+    log = RemoteStorageWriter(handle.address, "open", md_config(every=1), state, 4).__enter__()
+    try:
+        for step in range(3):
+            log.log(state, step)
+        log.flush()
+        stopping = threading.Thread(target=handle.stop, kwargs={"grace": 1})
+        stopping.start()
+        assert handle.wait(120)
+        assert not handle.registry.is_open("open")  # flushed and closed, not just stopping
+        stopping.join(60)
+    finally:
+        log._sender.cancel()  # the connection is gone; abandon it
 
 
 def test_every_flag_is_also_an_environment_variable(tmp_path):

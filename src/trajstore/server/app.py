@@ -96,7 +96,8 @@ class ServerHandle:
         self.port = port
         self.registry = registry
         self.config = config
-        self._stopped = threading.Event()
+        self._stopping = threading.Event()  # stop() was called
+        self._stopped = threading.Event()  # ... and every run is flushed and closed
         self._metrics_server: Any = None
         #: Port of the ``/metrics`` endpoint, if one was asked for.
         self.metrics_port: int | None = None
@@ -114,25 +115,32 @@ class ServerHandle:
         return f"{host}:{self.port}"
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting calls, let running ones finish, flush and close every run."""
-        if self._stopped.is_set():
+        """Stop accepting calls, let running ones finish, flush and close every run.
+
+        A second call returns at once (it may come from a signal handler
+        interrupting the first); :meth:`wait` waits for the first to finish.
+        """
+        if self._stopping.is_set():
             return
-        self._stopped.set()
-        if self.registry.health is not None:
-            self.registry.health.enter_graceful_shutdown()
-        # gRPC cancels what is still running after ``grace``; its shutdown event
-        # can stay unset after a call whose messages failed to decode, so the
-        # wait is bounded too.
-        if not self.server.stop(grace).wait(grace + 5):
-            log.warning("gRPC shutdown did not confirm; closing the runs anyway")
-        self.registry.close_all()
-        self.registry.files.close_all()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        self._stopping.set()
+        try:
+            if self.registry.health is not None:
+                self.registry.health.enter_graceful_shutdown()
+            # gRPC cancels what is still running after ``grace``; its shutdown event
+            # can stay unset after a call whose messages failed to decode, so the
+            # wait is bounded too.
+            if not self.server.stop(grace).wait(grace + 5):
+                log.warning("gRPC shutdown did not confirm; closing the runs anyway")
+            self.registry.close_all()
+            self.registry.files.close_all()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+        finally:
+            self._stopped.set()
         log.info("server on port %d stopped", self.port)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the server has stopped."""
+        """Block until the server has stopped and every run is closed; ``False`` on timeout."""
         return self._stopped.wait(timeout)
 
     def __enter__(self) -> ServerHandle:
