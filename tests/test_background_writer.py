@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import h5py
 import numpy as np
 import pytest
 
 from trajstore import BackgroundWriter, HDF5StorageReader, HDF5StorageWriter
 from trajstore.errors import NotOpenError, StorageError, TrajstoreError, WriterFailedError
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
+from trajstore.store.layout import batch_frames
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter
 
@@ -199,3 +202,125 @@ def test_small_blocks_with_gaps_are_all_written(tmp_path):
     (stored,) = reader.read(0, [0], ...)
     reader.close()
     np.testing.assert_array_equal(stored[:, 0], [0, 1, 2, 0, 0, 5, 6])
+
+
+class SyncGatedFile(RunFileWriter):
+    """A real run file whose first ``fsync`` waits until the test opens the gate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.syncing = threading.Event()
+
+    def sync(self):
+        self.syncing.set()
+        assert self.gate.wait(60), "test never opened the gate"
+        super().sync()
+
+
+def test_a_failure_while_a_flush_is_in_flight_leaves_the_writer_idle(tmp_path):
+    file = SyncGatedFile(tmp_path / "r.h5", SPEC)
+    writer = BackgroundWriter(file, flush_interval=3600, flush_bytes=FRAME)
+    writer.submit_block(0, 0, 1, [frame(0)[0][np.newaxis]])  # starts a flush: its fsync waits
+    assert file.syncing.wait(60)
+    whole = batch_frames(SPEC.groups[0])  # a block written alone, not buffered
+    writer.submit_block(0, 1, whole, [np.zeros((whole, 3), np.float32)])  # the wrong shape
+    for _ in range(600):
+        if writer.failed:
+            break
+        threading.Event().wait(0.05)
+    assert writer.failed
+    file.gate.set()  # the flush's data is on disk now; it will never be published
+    before = time.process_time()
+    threading.Event().wait(1.0)  # nothing to do: the writing thread must sleep, not spin
+    used = time.process_time() - before
+    with pytest.raises(TrajstoreError):
+        writer.close()
+    assert used < 0.3, f"{used:.2f} s of CPU in 1 s with nothing to do"
+
+
+def test_after_a_failure_the_file_keeps_the_counts_of_the_last_completed_flush(tmp_path):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC), flush_interval=3600)
+    whole = batch_frames(SPEC.groups[0])  # blocks written alone, not buffered
+    block = np.ones((whole, FRAME // 4), np.float32)
+    writer.submit_block(0, 0, whole, [block])
+    writer.flush()
+    writer.submit_block(0, whole, whole, [block])  # written...
+    writer.submit_block(0, 2 * whole, whole, [np.zeros((whole, 3), np.float32)])  # ... then not
+    with pytest.raises(TrajstoreError):
+        writer.close()
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["group['x']"].attrs["frames"] == whole  # not the unflushed 2 * whole
+
+
+def rows_and_counts(file: RunFileWriter) -> list[tuple[int, int]]:
+    """(rows in the dataset, count in the file) per group, as the file holds them now."""
+    return [
+        (group.datasets[0].shape[0], int(file._file[group.spec.name].attrs["frames"]))
+        for group in file.groups
+    ]
+
+
+def test_a_rewrite_never_leaves_a_count_above_the_rows_or_over_unsynced_frames(tmp_path):
+    leaf = (LeafSpec("", "float32", (4,)),)
+    spec = RunSpec(
+        groups=(GroupSpec("group['a']", True, leaf), GroupSpec("group['b']", True, leaf))
+    )
+    file = RunFileWriter(tmp_path / "r.h5", spec)
+    ones = np.ones((10, 4), np.float32)
+    try:
+        file.write_block(0, 0, 10, [ones])
+        file.write_block(1, 0, 10, [ones])
+        file.flush()
+        assert rows_and_counts(file) == [(10, 10), (10, 10)]
+        file.write_block(0, 10, 2, [ones[:2]])
+        ticket = file.begin_flush()  # a flush in flight, for group a only
+        file.write_block(1, 5, 2, [ones[:2]])  # b resends 5..7: it shrinks to 7 rows
+        assert rows_and_counts(file)[1] == (7, 5)  # counted no further than the rewrite
+        file.write_block(0, 8, 1, [ones[:1]])  # a rewrites 8 after the ticket: not synced
+        file.sync()
+        file.publish(ticket)
+        file.sync()
+        assert rows_and_counts(file) == [(9, 8), (7, 5)]
+        file.flush()  # the next flush counts the rewritten frames
+        assert rows_and_counts(file) == [(9, 9), (7, 7)]
+    finally:
+        file.close()
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert [int(f[g].attrs["frames"]) for g in ("group['a']", "group['b']")] == [9, 7]
+
+
+def test_a_block_waiting_for_room_when_the_writer_closes_is_refused_not_dropped(tmp_path):
+    file = GatedFile(tmp_path / "r.h5", SPEC)
+    writer = BackgroundWriter(file, max_pending_bytes=2 * FRAME)
+    whole = batch_frames(SPEC.groups[0])
+    block = np.ones((whole, FRAME // 4), np.float32)
+    writer.submit_block(0, 0, whole, [block])  # being written: the gate holds it
+    assert file.entered.wait(60)
+    outcome = []
+
+    def submit_another():
+        try:
+            writer.submit_block(0, whole, whole, [block])  # waits for room
+            outcome.append("accepted")
+        except NotOpenError:
+            outcome.append("refused")
+
+    waiting = threading.Thread(target=submit_another)
+    waiting.start()
+    for _ in range(600):
+        if writer._waiting:
+            break
+        threading.Event().wait(0.05)
+    closing = threading.Thread(target=writer.close)
+    closing.start()
+    for _ in range(600):
+        if writer._closed:
+            break
+        threading.Event().wait(0.05)
+    file.gate.set()  # room again, but the writer is closed: the block must not vanish
+    waiting.join(60)
+    closing.join(60)
+    assert outcome == ["refused"]
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["group['x']"].attrs["frames"] == whole

@@ -23,7 +23,9 @@ The contract, which the local writer and the storage server both rely on:
   second thread ``fsync``s those and calls ``on_flush``. One such flush is in
   flight at a time.
 - An error on the background thread is raised by the next ``submit_*``,
-  ``flush`` or ``close``; after it the writer accepts nothing more.
+  ``flush`` or ``close``; after it the writer accepts nothing more, and the
+  file closes with the frame counts of the last flush that completed (frames
+  written since may not be on disk, so they are not counted).
 """
 
 from __future__ import annotations
@@ -245,6 +247,8 @@ class BackgroundWriter:
                 finally:
                     self._waiting -= 1
                 self.raise_if_failed()
+                if self._closed:  # closed while this caller waited for room
+                    raise NotOpenError("the writer was closed")
                 self._pending_bytes += nbytes
             self._queue.append(item)
             self._cond.notify_all()
@@ -284,14 +288,23 @@ class BackgroundWriter:
             self._cond.notify_all()
         self._syncer.join()
         try:
-            self.file.close()
+            if self._error is None:
+                self.file.close()
+            else:  # counts stay as last published: frames since may not be on disk
+                self.file.abort()
         except Exception as e:
             self._fail(e)
 
     # ------------------------------------------------- flushes, two threads
 
     def _publish_due(self) -> bool:
-        return self._in_flight is not None and self._in_flight.stage == "publish"
+        # Never after a failure: nothing more is published, and the writing
+        # thread must wait rather than spin on a flush it will not finish.
+        return (
+            self._error is None
+            and self._in_flight is not None
+            and self._in_flight.stage == "publish"
+        )
 
     def _start_flush(self) -> None:
         """Writing thread: hand everything to the OS; the sync thread makes it durable."""

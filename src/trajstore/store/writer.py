@@ -297,6 +297,10 @@ class RunFileWriter:
         except OSError as e:
             raise StorageError(f"cannot open {self.path} for writing: {e}") from e
         self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
+        # The counts in the file, and the lowest frame each group rewrote since
+        # the last begin_flush (that flush's data sync does not cover it).
+        self._published = [g.frames for g in self.groups]
+        self._rewritten: dict[int, int] = {}
         handle = self._file.id.get_vfd_handle()
         self._fd: int | None = handle if isinstance(handle, int) else None
 
@@ -381,10 +385,21 @@ class RunFileWriter:
         """Write a block of frames to group ``group_index``.
 
         ``prepared``: what :meth:`prepare_block` returned for this block.
+
+        A block that rewrites frames already counted in the file (a resend
+        after a reconnect, a restart from a checkpoint) first lowers the
+        count to ``start`` and makes that durable: the file never counts a
+        frame while it is being replaced, or after its group shrank.
         """
         group = self.groups[group_index]
         check_room(self.path, sum(leaf.nbytes for leaf in leaves))
+        if start < group.frames:
+            self._rewritten[group_index] = min(self._rewritten.get(group_index, start), start)
         try:
+            if start < self._published[group_index]:
+                self._write_count(group_index, start)
+                self._file.flush()
+                self.sync()
             group.write_block(start, count, leaves, prepared)
         except OSError as e:
             raise StorageError(f"writing {group.spec.name} of {self.path} failed: {e}") from e
@@ -417,6 +432,7 @@ class RunFileWriter:
             raise StorageError(f"flushing {self.path} failed: {e}") from e
         ticket = FlushTicket(tuple(self.frames), frozenset(self._dirty), self._actual_steps)
         self._dirty.clear()
+        self._rewritten.clear()
         return ticket
 
     def sync(self) -> None:
@@ -431,18 +447,25 @@ class RunFileWriter:
     def publish(self, ticket: FlushTicket) -> None:
         """Write the counts of ``ticket`` (its data synced) and hand them to the OS.
 
-        A group rewound since the ticket was taken publishes no more frames
-        than it now holds.
+        A group that rewrote frames since the ticket was taken publishes none
+        from the first one rewritten: their new data is not synced yet.
         """
         try:
             for i in sorted(ticket.dirty):
-                group = self.groups[i]
-                frames = min(ticket.frames[i], group.frames)
-                self._file[group.spec.name].attrs[layout.ATTR_FRAMES] = np.int64(frames)
+                frames = min(ticket.frames[i], self.groups[i].frames)
+                frames = min(frames, self._rewritten.get(i, frames))
+                self._write_count(i, frames)
             self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(ticket.actual_steps)
             self._file.flush()
         except OSError as e:
             raise StorageError(f"flushing {self.path} failed: {e}") from e
+
+    def _write_count(self, group_index: int, frames: int) -> None:
+        """Set a group's count in the file (reaches the OS with the next HDF5 flush)."""
+        if frames != self._published[group_index]:
+            name = self.groups[group_index].spec.name
+            self._file[name].attrs[layout.ATTR_FRAMES] = np.int64(frames)
+            self._published[group_index] = frames
 
     def close(self) -> None:
         """Flush and close the file."""
@@ -451,6 +474,15 @@ class RunFileWriter:
         try:
             self.flush()
         finally:
+            self._file.close()
+
+    def abort(self) -> None:
+        """Close the file without publishing counts: after a failed write or ``fsync``.
+
+        The file keeps the counts of the last flush that completed; frames
+        written since are not counted, since they may not be on disk.
+        """
+        if self._file.id.valid:
             self._file.close()
 
 
