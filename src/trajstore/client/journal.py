@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from trajstore.durable import sync_directory
 from trajstore.errors import JournalError
 from trajstore.v1 import ingest_pb2 as pb
 
@@ -103,7 +104,7 @@ class JournalWriter:
         self._file.write(MAGIC)
         self._append(header, [open_request.SerializeToString()])
         self.sync()
-        _sync_directory(self.path.parent)
+        sync_directory(self.path.parent)
 
     @property
     def size(self) -> int:
@@ -292,17 +293,3 @@ def _field(header: dict[str, Any], name: str, kind: type) -> Any:
     if not valid:
         raise JournalError(f"journal record field {name!r} is missing or invalid: {value!r}")
     return value
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a new file's directory entry durable (best effort where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import h5py
 
+from trajstore.durable import sync_directory, sync_file
 from trajstore.store import layout
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter, copy_frames
@@ -142,5 +143,7 @@ def rebuild(path: Path) -> None:
     if created is not None:
         with h5py.File(rebuilt, "r+") as f:
             f.attrs[layout.ATTR_CREATED] = created
-    os.replace(rebuilt, path)
+        sync_file(rebuilt)
+    os.replace(rebuilt, path)  # the original goes only once its rebuild is on disk
+    sync_directory(path.parent)
     log.warning("recovered a run file left open by a killed writer", extra={"path": str(path)})
