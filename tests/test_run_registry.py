@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
+from trajstore import errors as E
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
-from trajstore.server.config import ServerConfig
+from trajstore.server.config import Limits, ServerConfig
 from trajstore.server.files import RunFiles
 from trajstore.server.sessions import BlockHeader, RunRegistry
+
+from servers import wait_until
 
 
 def test_a_run_counts_as_open_until_its_writer_has_closed(tmp_path):
@@ -65,3 +69,42 @@ def test_opening_a_run_whose_last_writer_is_still_closing_waits_for_it(tmp_path)
     opener.join(60)
     assert not failures, failures
     assert events == ["closed", "opened at frame 2"]
+
+
+def test_a_writer_held_up_by_a_slow_disk_keeps_its_lease(tmp_path):
+    frame = np.ones(8, np.float32)  # 32 bytes: a second one waits for room
+    config = ServerConfig(
+        data_dir=tmp_path, lease_seconds=0.5, limits=Limits(max_pending_bytes_per_run=40)
+    )
+    registry = RunRegistry(config, RunFiles(tmp_path))
+    spec = RunSpec(groups=(GroupSpec("group", True, (LeafSpec("", "float32", (8,)),)),))
+    session = registry.open("r", "create", spec)
+    disk = threading.Event()  # the disk answers once the test says so
+    write_block = session.writer.file.write_block
+
+    def slow_write_block(*args, **kwargs):
+        assert disk.wait(60), "the test never let the disk answer"
+        write_block(*args, **kwargs)
+
+    session.writer.file.write_block = slow_write_block
+    failures: list[BaseException] = []
+
+    def send():  # as the ingest thread does: one block after the other
+        try:
+            for block in (1, 2):
+                view = memoryview(frame).cast("B")
+                session.receive(BlockHeader(block, 0, block - 1, 1, frame.nbytes), 0, view, 1)
+        except BaseException as e:  # the test reports whatever it was
+            failures.append(e)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    wait_until(lambda: session.writer._waiting == 1)  # block 2 waits for room
+    threading.Event().wait(1.0)  # twice the lease, all of it spent waiting for the disk
+    with pytest.raises(E.RunLockedError):
+        registry.open("r", "overwrite", spec)  # the lease did not lapse meanwhile
+    disk.set()
+    sender.join(60)
+    assert not failures, failures
+    registry.close(session.id)
+    assert session.writer.durable_frames == [2]

@@ -101,6 +101,7 @@ class WriterSession:
     _last_block: int = 0
     _assembly: _Assembly | None = None
     _rewinds: list[tuple[int, int, int]] = field(default_factory=list)  # (block, group, start)
+    _submitting: int = 0  # blocks being handed to the writer (it may wait for room)
 
     def __post_init__(self) -> None:
         self._next_frame = [0] * len(self.spec.groups)
@@ -110,6 +111,16 @@ class WriterSession:
     def touch(self) -> None:
         """Note activity (keeps the lease)."""
         self.last_active = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """Seconds since the writer was last heard from; 0 while the store holds it up.
+
+        A block waiting for room in the background writer (a slow disk) is
+        the store's delay, not the writer's: its lease does not run meanwhile.
+        """
+        if self._submitting:
+            return 0.0
+        return time.monotonic() - self.last_active
 
     def on_flush(self, frames: list[int], tag: int | None) -> None:
         """Record a flush of the background writer (called on its thread).
@@ -240,7 +251,14 @@ class WriterSession:
             self.metrics.frames_received.inc(header.count)
             self.metrics.bytes_received.inc(len(payload))
         self.writer.set_actual_steps(max(actual_steps, 0))
-        self.writer.submit_block(header.group, header.start, header.count, leaves, tag=header.block)
+        self._submitting += 1
+        try:
+            self.writer.submit_block(
+                header.group, header.start, header.count, leaves, tag=header.block
+            )
+        finally:
+            self._submitting -= 1
+            self.touch()
 
 
 class RunRegistry:
@@ -279,9 +297,7 @@ class RunRegistry:
             if not self._lock.wait_for(lambda: run not in self._closing, OPEN_WAIT_SECONDS):
                 raise RunLockedError(f"run {run!r} is still being closed by its last writer")
             held = self._by_run.get(run)
-            live = held is not None and (
-                time.monotonic() - held.last_active < self.config.lease_seconds
-            )
+            live = held is not None and held.idle_seconds() < self.config.lease_seconds
             mine = held is not None and bool(takeover) and held.id == takeover
             if run in self._opening or (live and not mine):
                 raise RunLockedError(f"run {run!r} is being written by another writer")
