@@ -124,6 +124,7 @@ BAD_BLOCKS = {
         E.InvalidArgumentError,
     ),
     "zero frames": (block(2, 2, 0, data=b""), E.FrameMismatchError),
+    "frame index past 2**31": (block(2, 2**31, 1, data=frames_payload(2, 1)), E.StepOrderError),
 }
 
 
@@ -202,7 +203,7 @@ BAD_SCHEMAS = {
     "negative dimension": (dict(g0__l0__shape=[-1]), E.SchemaError),
     "overflowing shape": (dict(g0__l0__shape=[2**62, 2**62, 8]), E.ResourceExhaustedError),
     "frame over the limit": (dict(g0__l0__shape=[1 << 31, 4]), E.ResourceExhaustedError),
-    "too many dimensions": (dict(g0__l0__shape=[1] * 40), E.ResourceExhaustedError),
+    "too many dimensions": (dict(g0__l0__shape=[1] * 40), E.SchemaError),
     "slash in a group name": (dict(g0__name="group/../x"), E.SchemaError),
     "not a group name": (dict(g0__name="data"), E.SchemaError),
     "NUL in a leaf path": (dict(g0__l0__path="['a\x00']"), E.SchemaError),

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from trajstore.compression import Compression
+from trajstore.errors import SchemaError
 from trajstore.frequency import LoggingFrequency
 
 __all__ = ["Logger", "WriterGroupConfig"]
@@ -59,3 +60,17 @@ class WriterGroupConfig(Generic[State, Storage]):
     view: Callable[[State], Storage]
     logging_frequency: LoggingFrequency
     compression: Compression | None = field(default_factory=Compression, kw_only=True)
+
+    def __post_init__(self) -> None:
+        # Refused here, before a writer touches any file.
+        if not callable(self.view):
+            raise SchemaError(f"view must be callable, got {self.view!r}")
+        if not isinstance(self.logging_frequency, LoggingFrequency):
+            raise SchemaError(
+                f"logging_frequency must be a LoggingFrequency (should_log, leading_shape, "
+                f"dataset_index), got {self.logging_frequency!r}"
+            )
+        if self.compression is not None and not isinstance(self.compression, Compression):
+            raise SchemaError(
+                f"compression must be a Compression or None, got {self.compression!r}"
+            )

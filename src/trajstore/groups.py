@@ -16,10 +16,11 @@ import jax
 import numpy as np
 
 from trajstore.config import WriterGroupConfig
-from trajstore.errors import FrameMismatchError, SchemaError
+from trajstore.errors import FrameMismatchError, SchemaError, StepOrderError
 from trajstore.frequency import frequency_to_json
 from trajstore.pytree import describe, leaf_specs, start_host_copies, to_host
-from trajstore.schema import GroupSpec, RunSpec, metadata_to_json
+from trajstore.schema import GroupSpec, RunSpec, check_total_steps, metadata_to_json
+from trajstore.store.layout import MAX_FRAMES
 
 __all__ = ["Frame", "GroupWriters", "prepare_groups", "extract_frames"]
 
@@ -60,11 +61,17 @@ class GroupWriters(WriterGroupConfig[Any, Any]):
         if index is Ellipsis:
             return 0
         try:
-            return operator.index(index)
+            value = operator.index(index)
         except TypeError:
             raise SchemaError(
                 f"{self.spec.name}: dataset_index({step}) returned {index!r}; need an int or ..."
             ) from None
+        if not 0 <= value < MAX_FRAMES:
+            raise StepOrderError(
+                f"{self.spec.name}: step {step} would be frame {value}; a group holds frames "
+                f"0 to {MAX_FRAMES - 1}"
+            )
+        return value
 
     def leaves_of(self, state: Any) -> list[Any]:
         """Run the view on ``state``; check the result against the schema."""
@@ -76,13 +83,19 @@ class GroupWriters(WriterGroupConfig[Any, Any]):
             )
         for leaf, spec, (shape, dtype) in zip(leaves, self.spec.leaves, self._checks, strict=True):
             leaf_dtype = getattr(leaf, "dtype", None)
-            if np.shape(leaf) != shape or leaf_dtype is None or np.dtype(leaf_dtype) != dtype:
+            if np.shape(leaf) != shape or leaf_dtype is None or not _same_dtype(leaf_dtype, dtype):
                 got = f"{leaf_dtype}{list(np.shape(leaf))}" if leaf_dtype else type(leaf).__name__
                 raise FrameMismatchError(
                     f"{self.spec.name} leaf {spec.path or '<root>'}: expected "
                     f"{spec.dtype}{list(shape)}, got {got}"
                 )
         return leaves
+
+
+def _same_dtype(got: Any, stored: np.dtype[Any]) -> bool:
+    """Whether a leaf of dtype ``got`` stores as ``stored`` (either byte order)."""
+    dtype = np.dtype(got)
+    return bool(dtype == stored or (dtype.byteorder == ">" and dtype.newbyteorder("<") == stored))
 
 
 def prepare_groups(
@@ -94,6 +107,7 @@ def prepare_groups(
     metadata: Mapping[str, Any] | None = None,
 ) -> tuple[list[GroupWriters], RunSpec]:
     """Bind every group of ``config`` to the schema ``initial_state`` gives it."""
+    check_total_steps(total_steps)
     paths_and_configs, _ = jax.tree_util.tree_flatten_with_path(config, is_leaf=_is_group)
     if not paths_and_configs:
         raise SchemaError("the config has no WriterGroupConfig")
@@ -111,7 +125,12 @@ def prepare_groups(
         leading = tuple(frequency.leading_shape(total_steps if total_steps is not None else 1))
         if len(leading) > 1:
             raise SchemaError(f"{name}: time axes of more than one dimension are not supported")
-        extract = jax.jit(group_config.view) if compile_views else group_config.view
+        extract: Callable[[Any], Any] = group_config.view
+        if compile_views:
+            # Checked as the view returns it: compiled, Python scalars, lists and
+            # strings would turn into arrays (or fail) without a clear error.
+            leaf_specs(group_config.view(initial_state))
+            extract = jax.jit(group_config.view)
         sample = extract(initial_state)
         spec = GroupSpec(
             name=name,

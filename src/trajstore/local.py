@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from trajstore.checks import check_positive
 from trajstore.errors import NotOpenError, StepOrderError
 from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.reading import GroupReader, group_position
@@ -26,13 +27,20 @@ Config = TypeVar("Config")
 
 
 class StepClock:
-    """Checks that logged steps are non-negative integers that increase."""
+    """Checks that logged steps are non-negative integers that increase.
+
+    :meth:`check` validates a step without taking it; :meth:`commit` takes it
+    once the step's frames were accepted, so a ``log()`` refused for bad
+    input leaves its step free.
+    """
 
     def __init__(self) -> None:
         self.last: int | None = None
 
-    def advance(self, step: int) -> int:
-        """Validate ``step`` and make it the latest; return it as an ``int``."""
+    def check(self, step: int) -> int:
+        """Validate ``step``; return it as an ``int``."""
+        if isinstance(step, bool | np.bool_):
+            raise StepOrderError(f"step must be an integer, got {step!r}")
         try:
             value = operator.index(step)
         except TypeError:
@@ -41,8 +49,11 @@ class StepClock:
             raise StepOrderError(f"step must be non-negative, got {value}")
         if self.last is not None and value <= self.last:
             raise StepOrderError(f"steps must increase: got {value} after {self.last}")
-        self.last = value
         return value
+
+    def commit(self, step: int) -> None:
+        """Make ``step`` (checked) the latest."""
+        self.last = step
 
 
 class HDF5StorageWriter(Generic[State, Config]):
@@ -85,6 +96,8 @@ class HDF5StorageWriter(Generic[State, Config]):
     ) -> None:
         if mode not in ("create", "overwrite", "append"):
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
+        check_positive("max_pending_bytes", max_pending_bytes, integer=True)
+        check_positive("flush_interval", flush_interval, optional=True)
         self.out_path = Path(out_path)
         self.config = config
         self.initial_state: State | None = initial_state
@@ -101,6 +114,8 @@ class HDF5StorageWriter(Generic[State, Config]):
     def __enter__(self) -> HDF5StorageWriter[State, Config]:
         if self._writer is not None:
             raise NotOpenError("this writer is already open")
+        if self.initial_state is None:  # let go of at the first __enter__
+            raise NotOpenError("a writer opens once; create a new one to log again")
         self._groups, spec = prepare_groups(
             self.config,
             self.initial_state,
@@ -120,8 +135,10 @@ class HDF5StorageWriter(Generic[State, Config]):
         """Queue what the config selects from ``state`` at ``step``."""
         writer = self._require_open()
         writer.raise_if_failed()
-        step = self._clock.advance(step)
-        for group, index, leaves in extract_frames(self._groups, state, step):
+        step = self._clock.check(step)
+        frames = extract_frames(self._groups, state, step)  # raises before anything is taken
+        self._clock.commit(step)
+        for group, index, leaves in frames:
             writer.submit_frame(group, index, leaves)
         writer.set_actual_steps(step + 1)
 

@@ -20,10 +20,12 @@ from trajstore.compression import Compression
 from trajstore.errors import SchemaError
 
 __all__ = [
+    "MAX_RANK",
     "SUPPORTED_DTYPES",
     "GroupSpec",
     "LeafSpec",
     "RunSpec",
+    "check_total_steps",
     "dtype_name",
     "metadata_to_json",
     "numpy_dtype",
@@ -137,6 +139,18 @@ def structure_leaves(description: Mapping[str, Any]) -> int:
     return count
 
 
+def check_total_steps(total: object) -> None:
+    """Raise :class:`SchemaError` unless ``total`` is ``None`` or an integer >= 0."""
+    if total is not None and (
+        isinstance(total, bool) or not isinstance(total, int | np.integer) or total < 0
+    ):
+        raise SchemaError(f"total_steps must be None or an integer >= 0, got {total!r}")
+
+
+#: Dimensions HDF5 gives a dataset, the time axis included.
+MAX_RANK = 32
+
+
 @dataclass(frozen=True)
 class LeafSpec:
     """One array leaf of a group's value.
@@ -208,6 +222,19 @@ class GroupSpec:
         names = [leaf.dataset_name for leaf in self.leaves]
         if len(set(names)) != len(names):
             raise SchemaError(f"group {self.name}: duplicate leaf paths")
+        if self.compression is not None and not isinstance(self.compression, Compression):
+            raise SchemaError(
+                f"group {self.name}: compression must be a Compression or None, "
+                f"got {self.compression!r}"
+            )
+        for leaf in self.leaves:
+            rank = len(leaf.shape) + bool(self.time_axis)
+            if rank > MAX_RANK:
+                raise SchemaError(
+                    f"group {self.name} leaf {leaf.path}: {len(leaf.shape)} dimensions"
+                    f"{' and a time axis' if self.time_axis else ''}; HDF5 stores at most "
+                    f"{MAX_RANK}"
+                )
 
     @property
     def frame_nbytes(self) -> int:
@@ -260,6 +287,7 @@ class RunSpec:
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise SchemaError("duplicate group names")
+        check_total_steps(self.total_steps)
 
     @property
     def group_names(self) -> list[str]:

@@ -14,6 +14,7 @@ import grpc
 
 from trajstore import wire
 from trajstore.blockcodec import write_method
+from trajstore.checks import check_positive
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.journal import JournalWriter
 from trajstore.client.sender import BlockSender, Session, close_session, open_session
@@ -96,6 +97,10 @@ class RemoteStorageWriter(Generic[State, Config]):
     ) -> None:
         if mode not in wire.MODES:
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
+        check_positive("max_pending_bytes", max_pending_bytes, integer=True)
+        check_positive("send_interval", send_interval)
+        check_positive("timeout", timeout)
+        check_positive("reconnect_timeout", reconnect_timeout)
         self.address = address
         self.run = run
         self.config = config
@@ -124,6 +129,8 @@ class RemoteStorageWriter(Generic[State, Config]):
     def __enter__(self) -> RemoteStorageWriter[State, Config]:
         if self._sender is not None:
             raise NotOpenError("this writer is already open")
+        if self.initial_state is None:  # let go of at the first __enter__
+            raise NotOpenError("a writer opens once; create a new one to log again")
         if self.journal is not None and self.journal.exists():
             raise JournalError(
                 f"journal {self.journal} already exists: upload it first with "
@@ -190,8 +197,10 @@ class RemoteStorageWriter(Generic[State, Config]):
         """Queue what the config selects from ``state`` at ``step``."""
         sender = self._require_open()
         sender.raise_if_failed()
-        step = self._clock.advance(step)
-        for group, index, leaves in extract_frames(self._groups, state, step):
+        step = self._clock.check(step)
+        frames = extract_frames(self._groups, state, step)  # raises before anything is taken
+        self._clock.commit(step)
+        for group, index, leaves in frames:
             sender.put_frame(group, index, leaves)
         sender.actual_steps = step + 1
 

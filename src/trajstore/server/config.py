@@ -21,7 +21,7 @@ class Limits:
         max_frame_bytes: Largest frame of one group (all leaves).
         max_groups: Groups per run.
         max_leaves: Leaves per group.
-        max_dims: Dimensions per leaf.
+        max_dims: Dimensions per stored dataset (a leaf's, plus its time axis).
         max_schema_json_bytes: Size of a run's structure descriptions and metadata.
         max_pending_bytes_per_run: Bytes received but not yet written, per run.
         max_open_runs: Runs open for writing at once.

@@ -43,9 +43,10 @@ def check_schema(spec: RunSpec, limits: Limits) -> None:
         frame_bytes = 0
         for leaf in group.leaves:
             _check_name(leaf.dataset_name, "leaf")
-            if len(leaf.shape) > limits.max_dims:
+            dims = len(leaf.shape) + bool(group.time_axis)  # as stored: with the time axis
+            if dims > limits.max_dims:
                 raise ResourceExhaustedError(
-                    f"{group.name} leaf {leaf.path}: {len(leaf.shape)} dimensions; "
+                    f"{group.name} leaf {leaf.path}: {dims} dimensions as stored; "
                     f"this server allows {limits.max_dims}"
                 )
             frame_bytes += math.prod(leaf.shape) * leaf.np_dtype.itemsize

@@ -33,6 +33,7 @@ from trajstore.server.files import RunFiles
 from trajstore.server.limits import check_schema
 from trajstore.server.metrics import Metrics
 from trajstore.server.names import run_path
+from trajstore.store import layout
 from trajstore.store.background import BackgroundWriter
 from trajstore.store.writer import OpenMode, RunFileWriter
 
@@ -202,6 +203,11 @@ class WriterSession:
         group = groups[header.group]
         if header.start < 0 or header.count < 1:
             raise FrameMismatchError(f"{group.name}: a block needs start >= 0 and count >= 1")
+        if header.start + header.count > layout.MAX_FRAMES:
+            raise StepOrderError(
+                f"{group.name}: frames up to {header.start + header.count - 1}; a group holds "
+                f"frames 0 to {layout.MAX_FRAMES - 1}"
+            )
         if not group.time_axis and (header.start != 0 or header.count != 1):
             raise FrameMismatchError(f"{group.name} has no time axis: it holds one frame")
         if header.start < self._next_frame[header.group]:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trajstore.checks import check_positive
 from trajstore.errors import NotOpenError, TrajstoreError, WriterFailedError
 from trajstore.store import layout
 from trajstore.store.writer import FlushTicket, PreparedBlock, RunFileWriter
@@ -118,8 +119,9 @@ class BackgroundWriter:
         on_flush: Callable[[list[int], int | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        if max_pending_bytes < 1:
-            raise ValueError("max_pending_bytes must be positive")
+        check_positive("max_pending_bytes", max_pending_bytes, integer=True)
+        check_positive("flush_interval", flush_interval, optional=True)
+        check_positive("flush_bytes", flush_bytes, integer=True, optional=True)
         self.file = file
         self.max_pending_bytes = max_pending_bytes
         self.flush_interval = flush_interval
@@ -256,6 +258,31 @@ class BackgroundWriter:
     # ------------------------------------------------------ background thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # never end silently: the next call raises it
+            self._fail(e)
+            with self._cond:  # flushes still queued complete (and raise)
+                for item in self._queue:
+                    if isinstance(item, _Flush):
+                        item.done.set()
+                self._queue.clear()
+        self._guarded(self._write_all)
+        self._guarded(self._flush_now)
+        with self._cond:
+            self._syncs.append(None)
+            self._cond.notify_all()
+        self._syncer.join()
+        try:
+            if self._error is None:
+                self.file.close()
+            else:  # counts stay as last published: frames since may not be on disk
+                self.file.abort()
+        except Exception as e:
+            self._fail(e)
+
+    def _loop(self) -> None:
+        """Take queued items until the end marker; write, buffer and flush them."""
         stopping = False
         while not stopping:
             with self._cond:
@@ -281,19 +308,6 @@ class BackgroundWriter:
                 self._guarded(self._write_all)
             if self._flush_due_in() == 0.0:
                 self._guarded(self._start_flush)
-        self._guarded(self._write_all)
-        self._guarded(self._flush_now)
-        with self._cond:
-            self._syncs.append(None)
-            self._cond.notify_all()
-        self._syncer.join()
-        try:
-            if self._error is None:
-                self.file.close()
-            else:  # counts stay as last published: frames since may not be on disk
-                self.file.abort()
-        except Exception as e:
-            self._fail(e)
 
     # ------------------------------------------------- flushes, two threads
 

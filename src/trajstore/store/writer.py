@@ -315,13 +315,33 @@ class RunFileWriter:
                 file.close()
                 raise
         else:
-            if mode == "create" and self.path.exists():
-                raise RunExistsError(f"{self.path} already exists")
-            file = h5py.File(self.path, "w-" if mode == "create" else "w", libver=layout.LIBVER)
+            file, groups = self._create(mode)
+        file.swmr_mode = True
+        return file, groups
+
+    def _create(self, mode: OpenMode) -> tuple[h5py.File, list[Hdf5ObjWriter]]:
+        """A new file laid out for the spec, put in place only once it is complete.
+
+        It is built under a staging name next to ``path``: if laying it out
+        fails, an existing run (``overwrite``) is untouched and no half-made
+        file is left behind.
+        """
+        if mode == "create" and self.path.exists():
+            raise RunExistsError(f"{self.path} already exists")
+        staging = self.path.with_name(self.path.name + ".creating")
+        file = h5py.File(staging, "w", libver=layout.LIBVER)
+        try:
             for key, value in layout.run_attrs(self.spec).items():
                 file.attrs[key] = value
             groups = [Hdf5ObjWriter.create(file, g, self._chunk_pool) for g in self.spec.groups]
-        file.swmr_mode = True
+            if mode == "create":
+                _link_new(staging, self.path)
+            else:
+                os.replace(staging, self.path)
+        except BaseException:
+            file.close()
+            staging.unlink(missing_ok=True)
+            raise
         return file, groups
 
     def _open_existing(self) -> h5py.File:
@@ -599,3 +619,17 @@ def _layout_key(group_json: dict[str, Any]) -> tuple[Any, ...]:
         json.dumps(group_json["leaves"], sort_keys=True),
         json.dumps(group_json["compression"], sort_keys=True),
     )
+
+
+def _link_new(staging: Path, path: Path) -> None:
+    """Give ``staging`` the name ``path``, which must not exist (``FileExistsError``)."""
+    try:
+        os.link(staging, path)  # atomic: fails if path exists
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here: check, then rename
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(staging, path)
+        return
+    staging.unlink()
