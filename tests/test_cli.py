@@ -104,6 +104,24 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(runs, tmp_path):
     )
     assert field.returncode == 1 and "--field" in field.stderr
     assert len(field.stderr.strip().splitlines()) == 1
+    with RemoteStorageWriter(runs.address, "proj/empty", md_config(), md_state(), 10):
+        pass  # opened and closed: no frames
+    empty = trajstore(
+        "plot",
+        "proj/empty",
+        "energy",
+        "-o",
+        str(tmp_path / "e.png"),
+        "--address",
+        runs.address,
+        check=False,
+    )
+    assert empty.returncode == 1
+    assert empty.stderr.strip().splitlines() == [
+        "Error: group['energy'] of proj/empty has no frames yet"
+    ]
+    no_nodes = trajstore("demo", "--nodes", "0", check=False)
+    assert no_nodes.returncode == 2 and "--nodes" in no_nodes.stderr
 
 
 def test_every_command_has_help():

@@ -439,3 +439,52 @@ def test_a_read_planned_before_its_frames_were_rewritten_raises_instead_of_comin
             reader.close()
     finally:
         writer.close()
+
+
+def test_a_follow_of_a_store_that_stops_answering_raises_instead_of_waiting(tmp_path):
+    # No data moves while a follow waits for frames; keepalive pings notice that the
+    # store stopped answering (SIGSTOP: the connection stays up, nobody replies).
+    store = start_store(tmp_path / "data")
+    state = md_state()
+    log = RemoteStorageWriter(store.address, "quiet/run", md_config(every=1), state, 10)
+    log.__enter__()
+    outcome: list[BaseException | str] = []
+    following = threading.Event()
+
+    def follow():
+        try:
+            with connect(store.address) as client, client.open_run("quiet/run") as reader:
+                for _ in reader.focus_group("group['energy']").follow():
+                    following.set()
+            outcome.append("ended")
+        except BaseException as e:  # the test inspects whatever it was
+            outcome.append(e)
+
+    try:
+        log.log(state, 0)
+        log.flush()
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        assert following.wait(60)
+        os.kill(store.process.pid, signal.SIGSTOP)
+        try:
+            follower.join(180)  # keepalive: 30 s between pings, 10 s for the answer
+            assert not follower.is_alive(), "the follow still waits on a store that is gone"
+        finally:
+            os.kill(store.process.pid, signal.SIGCONT)
+        assert len(outcome) == 1 and isinstance(outcome[0], E.UnavailableError), outcome
+    finally:
+        log._sender.cancel()  # its stream may have broken too; abandon it
+        assert store.stop() == 0
+
+
+def test_open_run_in_a_with_block_opens_one_connection(store):
+    write(store, "once")
+    with connect(store.address) as client:
+        reader = client.open_run("once")
+        calls = reader.calls
+        with reader:  # the README's way: entering again keeps the same connection
+            assert reader.calls is calls
+            assert len(reader.focus_group("group['traj']")) == 20
+        with pytest.raises(E.NotOpenError):
+            reader.calls  # noqa: B018 - closed on leaving the block

@@ -582,6 +582,8 @@ def plot(
                     f"choose --field among: {', '.join(leaf.path for leaf in leaves)}"
                 )
             position = matches[0]
+        if len(focused) == 0:
+            raise click.ClickException(f"{name} of {run} has no frames yet")
         values = np.asarray(focused._source.read([position], slice(None))[0])
         every = int(focused.spec.frequency.get("n", 1))
     series = values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values
@@ -592,16 +594,27 @@ def plot(
     ax.set_ylabel(label if values.ndim == 1 else f"mean of {label}")
     ax.set_title(f"{run}: {name}")
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=100)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=100)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e}") from None
     click.echo(f"wrote {output}")
 
 
 @main.command()
-@click.option("--nodes", type=int, default=3, show_default=True, help="Simulation nodes.")
-@click.option("--steps", type=int, default=2000, show_default=True, help="Steps per run.")
 @click.option(
-    "--side", type=int, default=6, show_default=True, help="Particles per box edge (n = side^3)."
+    "--nodes", type=click.IntRange(min=1), default=3, show_default=True, help="Simulation nodes."
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Steps per run."
+)
+@click.option(
+    "--side",
+    type=click.IntRange(min=2),
+    default=6,
+    show_default=True,
+    help="Particles per box edge (n = side^3).",
 )
 @click.option(
     "--output-dir",
@@ -620,7 +633,12 @@ def demo(nodes: int, steps: int, side: int, output_dir: Path, data_dir: Path | N
     """A store, several LJ simulation nodes and an analyst, on this machine."""
     from trajstore.examples.demo import run_demo
 
-    code = run_demo(nodes=nodes, steps=steps, side=side, output_dir=output_dir, data_dir=data_dir)
+    try:
+        code = run_demo(
+            nodes=nodes, steps=steps, side=side, output_dir=output_dir, data_dir=data_dir
+        )
+    except RuntimeError as e:  # the store did not start
+        raise click.ClickException(str(e)) from None
     if code:
         raise click.ClickException("the demo failed (see above)")
 

@@ -323,6 +323,8 @@ class RemoteStorageReader:
         self._spec: RunSpec | None = None
 
     def __enter__(self) -> RemoteStorageReader:
+        if self._calls is not None:  # already open (``Client.open_run`` opens it)
+            return self
         self._calls = _Calls(self.address, self._token, self._timeout, self._tls_ca)
         try:
             described = self._calls.unary(

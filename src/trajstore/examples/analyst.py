@@ -26,11 +26,13 @@ from trajstore.client.reader import Client, RunInfo
 __all__ = ["main"]
 
 
-def wait_for_runs(client: Client, prefix: str, count: int, timeout: float) -> list[RunInfo]:
-    """Wait until ``count`` runs exist under ``prefix``."""
+def wait_for_runs(
+    client: Client, prefix: str, count: int, timeout: float, created_after: float = 0.0
+) -> list[RunInfo]:
+    """Wait until ``count`` runs created after ``created_after`` exist under ``prefix``."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = client.list_runs(prefix)
+        runs = [r for r in client.list_runs(prefix) if r.created >= created_after]
         if len(runs) >= count or time.monotonic() > deadline:
             return runs
         time.sleep(0.2)
@@ -60,6 +62,7 @@ def summarise(client: Client, run: str) -> dict[str, float]:
         displacement -= box * np.round(displacement / box)
         total = energy["total"]
         return {
+            "actual_steps": float(reader.actual_steps),
             "frames": float(len(traj)),
             "steps": float(len(total)),
             "mean_total": float(np.mean(total)),
@@ -109,13 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         "--verify", type=int, metavar="N", help="require N complete, sane runs under the prefix"
     )
     parser.add_argument("--steps", type=int, default=2000, help="steps each run should have")
+    parser.add_argument("--every", type=int, default=10, help="steps between trajectory frames")
+    parser.add_argument(
+        "--created-after",
+        type=float,
+        default=0.0,
+        metavar="UNIX_TIME",
+        help="only runs created after this (older runs of an earlier session are ignored)",
+    )
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     if not args.address:
         parser.error("--address (or TRAJSTORE_ADDRESS) is required")
     with connect(args.address) as client:
         expected = args.verify or 1
-        runs = wait_for_runs(client, args.prefix, expected, args.timeout)
+        runs = wait_for_runs(client, args.prefix, expected, args.timeout, args.created_after)
         print(f"analyst: {len(runs)} run(s) under {args.prefix!r} on {args.address}")
         for info in runs:
             state = "open" if info.open else "closed"
@@ -140,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.verify:
                 if s["steps"] != args.steps:
                     failures.append(f"{name}: {s['steps']:.0f} of {args.steps} steps")
+                expected_frames = -(-args.steps // args.every)  # steps 0, every, 2 every, ...
+                if s["frames"] != expected_frames:
+                    failures.append(f"{name}: {s['frames']:.0f} of {expected_frames} frames")
+                if s["actual_steps"] != args.steps:
+                    failures.append(f"{name}: actual_steps {s['actual_steps']:.0f}")
                 if not s["finite"] or not s["inside_box"]:
                     failures.append(f"{name}: non-finite values or particles outside the box")
                 if abs(s["drift_per_particle"]) > 1e-2:

@@ -56,6 +56,7 @@ def run_demo(
     data = data_dir or Path(tempfile.mkdtemp(prefix="trajstore-demo-"))
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     started = time.monotonic()
+    created_after = time.time() - 1  # runs a reused data dir holds from before are not ours
     store, address = _start_store(data)
     print(f"demo: store on {address}, data in {data}")
     processes: list[subprocess.Popen[str]] = []
@@ -102,6 +103,8 @@ def run_demo(
                 str(steps),
                 "--plot",
                 str(output_dir / "energy.png"),
+                "--created-after",
+                str(created_after),
             ],
             env=env,
             text=True,
@@ -114,7 +117,12 @@ def run_demo(
             if p.poll() is None:
                 p.kill()
         store.send_signal(signal.SIGTERM)
-        store_code = store.wait(60)
+        try:
+            store_code = store.wait(60)
+        except subprocess.TimeoutExpired:
+            store.kill()  # never left behind
+            store.wait()
+            store_code = -1
     ok = ok and store_code == 0
     print(
         f"demo: {'done' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s; "

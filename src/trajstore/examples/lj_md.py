@@ -120,8 +120,8 @@ def run(logger: Logger[MDState], state: MDState, steps: int) -> MDState:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--address", help="store host:port (also TRAJSTORE_ADDRESS)", default=None)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--address", help="store host:port (default: TRAJSTORE_ADDRESS)")
     target.add_argument("--local", help="write this local HDF5 file instead")
     parser.add_argument("--run", default="demo/lj", help="run name on the store")
     parser.add_argument("--steps", type=int, default=2000)
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", choices=["create", "overwrite", "append"], default="overwrite")
     args = parser.parse_args(argv)
+    if not args.local:
+        args.address = args.address or os.environ.get("TRAJSTORE_ADDRESS")
+        if not args.address:
+            parser.error("give --address (or TRAJSTORE_ADDRESS) or --local")
     state = initial_state(args.side, args.density, args.temperature, args.seed)
     metadata = {
         "model": "lennard-jones",

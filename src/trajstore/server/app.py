@@ -37,6 +37,15 @@ SERVICE_NAMES = (
 )
 
 
+#: Clients ping every 30 s while a call is open, also when no data moves (a
+#: follow waiting for frames); gRPC's default would count pings closer than
+#: 5 minutes apart as abuse and close the connection.
+KEEPALIVE_OPTIONS = [
+    # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
 def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     """A gRPC server bound to ``config.listen`` (not started), its port and its run registry.
 
@@ -53,6 +62,7 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
+            *KEEPALIVE_OPTIONS,
         ],
         maximum_concurrent_rpcs=config.max_workers,
         interceptors=[AuthInterceptor(config.tokens)] if config.tokens else [],
