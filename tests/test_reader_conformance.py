@@ -145,7 +145,7 @@ def test_errors(shared_store, md_run, kind):
         with pytest.raises(KeyError):
             reader.focus_group(lambda c: c["nope"])
         traj = reader.focus_group("group['traj']")
-        for bad in (15, -16, (0, 6), (0, 0, 3), (..., ...)):
+        for bad in (15, -16, (0, 6), (0, 0, 3), (..., ...), (0,) * 65):
             with pytest.raises(E.FrameIndexError):
                 traj[bad]
         for bad in (1.5, [0, 1], True, (0, None)):

@@ -167,3 +167,18 @@ def test_a_writer_opens_once(kind, tmp_path, store):
         writer.log(state, 0)
     with pytest.raises(E.NotOpenError, match="opens once"), writer:
         pass
+
+
+def test_overwriting_a_run_through_a_symlink_writes_its_target(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    link = tmp_path / "run.h5"
+    link.symlink_to(scratch / "real.h5")
+    state = md_state()
+    for steps in (3, 5):  # created through the link, then overwritten through it
+        with HDF5StorageWriter(link, md_config(every=1), state, compile_views=False) as writer:
+            for step in range(steps):
+                writer.log(state, step)
+    assert link.is_symlink() and (scratch / "real.h5").is_file()
+    assert frames_in(scratch / "real.h5") == 5
+    assert sorted(p.name for p in scratch.iterdir()) == ["real.h5"]

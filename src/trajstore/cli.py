@@ -277,7 +277,11 @@ def serve(
         f"trajstore serving on {handle.address} (data in {data_dir})",
     )
     sys.stdout.flush()
-    stop.wait()
+    # Wake every second: a signal that reached one of gRPC's threads runs its
+    # Python handler only once the main thread runs again, and an untimed wait
+    # never does (seen after SIGSTOP/SIGCONT: SIGTERM then went unheard).
+    while not stop.wait(1.0):
+        pass
     click.echo("trajstore: stopping: draining streams, flushing runs", err=True)
     handle.stop(grace=shutdown_grace)
     # Every run is flushed and closed: leave without the interpreter's finalizers,

@@ -201,8 +201,8 @@ def index_to_proto(index: object) -> tuple[list[qpb.IndexComponent], bool]:
 
 def index_from_proto(components: Sequence[qpb.IndexComponent], is_tuple: bool) -> object:
     """Decode what :func:`index_to_proto` encoded."""
-    if len(components) > MAX_INDEX_COMPONENTS:
-        raise errors.InvalidArgumentError(
+    if len(components) > MAX_INDEX_COMPONENTS:  # as the local reader: too many indices
+        raise errors.FrameIndexError(
             f"an index has at most {MAX_INDEX_COMPONENTS} components, not {len(components)}"
         )
     parts: list[object] = []

@@ -23,9 +23,10 @@ The contract, which the local writer and the storage server both rely on:
   second thread ``fsync``s those and calls ``on_flush``. One such flush is in
   flight at a time.
 - An error on the background thread is raised by the next ``submit_*``,
-  ``flush`` or ``close``; after it the writer accepts nothing more, and the
-  file closes with the frame counts of the last flush that completed (frames
-  written since may not be on disk, so they are not counted).
+  ``flush`` or ``close``; after it the writer accepts nothing more. The file
+  then closes with every frame written counted — unless a write, flush or
+  ``fsync`` itself failed: then with the counts of the last flush that
+  completed, since frames written since may not be on disk.
 """
 
 from __future__ import annotations
@@ -274,10 +275,10 @@ class BackgroundWriter:
             self._cond.notify_all()
         self._syncer.join()
         try:
-            if self._error is None:
-                self.file.close()
-            else:  # counts stay as last published: frames since may not be on disk
+            if self.file.io_failed:  # counts stay as last published: frames since may be lost
                 self.file.abort()
+            else:  # also after a refused block: what was written is on disk, counted
+                self.file.close()
         except Exception as e:
             self._fail(e)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from trajstore.durable import sync_directory
 from trajstore.errors import (
     FrameMismatchError,
     RunExistsError,
@@ -301,6 +302,9 @@ class RunFileWriter:
         # the last begin_flush (that flush's data sync does not cover it).
         self._published = [g.frames for g in self.groups]
         self._rewritten: dict[int, int] = {}
+        #: Whether a write, flush or ``fsync`` of the file failed: what was
+        #: written since the last flush may not be on disk (see :meth:`abort`).
+        self.io_failed = False
         handle = self._file.id.get_vfd_handle()
         self._fd: int | None = handle if isinstance(handle, int) else None
 
@@ -328,16 +332,18 @@ class RunFileWriter:
         """
         if mode == "create" and self.path.exists():
             raise RunExistsError(f"{self.path} already exists")
-        staging = self.path.with_name(self.path.name + ".creating")
+        target = Path(os.path.realpath(self.path))  # a symlinked path: its target is replaced
+        staging = target.with_name(target.name + ".creating")
         file = h5py.File(staging, "w", libver=layout.LIBVER)
         try:
             for key, value in layout.run_attrs(self.spec).items():
                 file.attrs[key] = value
             groups = [Hdf5ObjWriter.create(file, g, self._chunk_pool) for g in self.spec.groups]
             if mode == "create":
-                _link_new(staging, self.path)
+                _link_new(staging, target)
             else:
-                os.replace(staging, self.path)
+                os.replace(staging, target)
+            sync_directory(target.parent)  # the new name survives a crash of the machine
         except BaseException:
             file.close()
             staging.unlink(missing_ok=True)
@@ -422,7 +428,7 @@ class RunFileWriter:
                 self.sync()
             group.write_block(start, count, leaves, prepared)
         except OSError as e:
-            raise StorageError(f"writing {group.spec.name} of {self.path} failed: {e}") from e
+            raise self._io_failure(f"writing {group.spec.name} of {self.path}", e) from e
         self._dirty.add(group_index)
 
     def set_actual_steps(self, actual_steps: int) -> None:
@@ -449,7 +455,7 @@ class RunFileWriter:
         try:
             self._file.flush()
         except OSError as e:
-            raise StorageError(f"flushing {self.path} failed: {e}") from e
+            raise self._io_failure(f"flushing {self.path}", e) from e
         ticket = FlushTicket(tuple(self.frames), frozenset(self._dirty), self._actual_steps)
         self._dirty.clear()
         self._rewritten.clear()
@@ -462,7 +468,7 @@ class RunFileWriter:
         try:
             os.fsync(self._fd)
         except OSError as e:
-            raise StorageError(f"flushing {self.path} failed: {e}") from e
+            raise self._io_failure(f"flushing {self.path}", e) from e
 
     def publish(self, ticket: FlushTicket) -> None:
         """Write the counts of ``ticket`` (its data synced) and hand them to the OS.
@@ -478,7 +484,12 @@ class RunFileWriter:
             self._file.attrs[layout.ATTR_ACTUAL_STEPS] = np.int64(ticket.actual_steps)
             self._file.flush()
         except OSError as e:
-            raise StorageError(f"flushing {self.path} failed: {e}") from e
+            raise self._io_failure(f"flushing {self.path}", e) from e
+
+    def _io_failure(self, what: str, error: OSError) -> StorageError:
+        """Note that a write, flush or ``fsync`` failed (see :attr:`io_failed`); the error."""
+        self.io_failed = True
+        return StorageError(f"{what} failed: {error}")
 
     def _write_count(self, group_index: int, frames: int) -> None:
         """Set a group's count in the file (reaches the OS with the next HDF5 flush)."""
@@ -497,7 +508,7 @@ class RunFileWriter:
             self._file.close()
 
     def abort(self) -> None:
-        """Close the file without publishing counts: after a failed write or ``fsync``.
+        """Close the file without publishing counts: after :attr:`io_failed`.
 
         The file keeps the counts of the last flush that completed; frames
         written since are not counted, since they may not be on disk.
