@@ -23,6 +23,7 @@ from trajstore.errors import (
     TrajstoreError,
     UnauthenticatedError,
 )
+from trajstore.server.status import abort_with
 
 __all__ = ["AuthInterceptor", "Role", "Tokens", "is_loopback", "required_role"]
 
@@ -105,8 +106,6 @@ def _bearer(metadata: Iterable[Any]) -> str | None:
 
 
 def _refusing(handler: grpc.RpcMethodHandler, error: TrajstoreError) -> grpc.RpcMethodHandler:
-    from trajstore.server.ingest import abort_with
-
     def refuse(_request: object, context: grpc.ServicerContext) -> Any:
         abort_with(context, error)
 

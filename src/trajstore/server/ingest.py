@@ -3,49 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import grpc
 
 from trajstore import errors, wire
 from trajstore.blockcodec import IncomingPart
 from trajstore.server.sessions import Ack, BlockHeader, RunRegistry, WriterSession
+from trajstore.server.status import abort_with, typed_errors
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
 IncomingWrite = IncomingPart[pb.WriteRequest]
 
-__all__ = ["IngestServicer", "abort_with"]
+__all__ = ["IngestServicer"]
 
 log = logging.getLogger("trajstore.server")
-R = TypeVar("R")
-
-
-def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
-    """End the call with ``error``'s status code; name its class for the client."""
-    if not isinstance(error, errors.TrajstoreError):
-        log.exception("unexpected error", exc_info=error)
-        error = errors.StorageError(f"internal server error: {error!r}")
-    context.set_trailing_metadata(((wire.ERROR_CLASS_KEY, type(error).__name__),))
-    context.abort(wire.status_code(error), str(error))
-
-
-def typed_errors(method: Callable[..., R]) -> Callable[..., R]:
-    """Turn exceptions of a unary handler into gRPC statuses (see :func:`abort_with`)."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
-        try:
-            return method(self, request, context)
-        except Exception as e:
-            abort_with(context, e)
-            raise  # unreachable: abort raises
-
-    return wrapper
 
 
 def _ack_message(ack: Ack) -> pb.WriteResponse:

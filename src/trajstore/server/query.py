@@ -15,9 +15,9 @@ import numpy as np
 from trajstore import errors, wire
 from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
-from trajstore.server.ingest import abort_with, typed_errors
 from trajstore.server.names import validate_run_name
 from trajstore.server.sessions import RunRegistry, WriterSession
+from trajstore.server.status import abort_with, typed_errors
 from trajstore.store.indexing import Plan
 from trajstore.store.reader import RunFileReader
 from trajstore.v1 import query_pb2 as qpb
