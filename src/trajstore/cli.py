@@ -391,12 +391,14 @@ def list_runs(prefix: str, address: str, token: str | None, tls_ca: Path | None)
         click.echo("no runs")
         return
     width = max(len(r.name) for r in runs)
-    click.echo(f"{'RUN':{width}}  STATE   {'SIZE':>9}  {'UPDATED':>9}  FRAMES")
+    click.echo(f"{'RUN':{width}}  STATE    {'SIZE':>9}  {'UPDATED':>9}  FRAMES")
     for r in runs:
         frames = ", ".join(f"{name.removeprefix('group')}={n}" for name, n in r.frames.items())
-        state = "open" if r.open else "closed"
+        state = "damaged" if r.damaged else "open" if r.open else "closed"
+        if r.damaged:
+            frames = r.problem
         click.echo(
-            f"{r.name:{width}}  {state:6}  {r.size_bytes / 1e6:7.1f}MB  "
+            f"{r.name:{width}}  {state:7}  {r.size_bytes / 1e6:7.1f}MB  "
             f"{_age(r.updated):>9}  {frames}"
         )
 

@@ -31,6 +31,7 @@ __all__ = [
     "PermissionDeniedError",
     "StorageError",
     "WriterFailedError",
+    "RunDamagedError",
     "UnavailableError",
     "JournalError",
     "JournalLeftWarning",
@@ -141,6 +142,16 @@ class StorageError(TrajstoreError, OSError):
 
 class WriterFailedError(StorageError):
     """The background writer failed; the run accepts no more frames."""
+
+
+class RunDamagedError(StorageError):
+    """A run file cannot be read: it is not a well-formed HDF5 file any more.
+
+    Travels as ``DATA_LOSS``. Only that run is affected; the store goes on
+    serving every other.
+    """
+
+    status = "DATA_LOSS"
 
 
 class UnavailableError(TrajstoreError, ConnectionError):

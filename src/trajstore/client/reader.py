@@ -49,6 +49,10 @@ class RunInfo:
         created: Creation time (Unix seconds).
         updated: Last modification (Unix seconds).
         actual_steps: Steps the writer reported so far.
+        damaged: The run's file cannot be read (``problem`` says why); its
+            other fields are empty.
+        problem: Why a damaged run cannot be read, or a note on what the
+            listing left out ('' if nothing).
     """
 
     name: str
@@ -59,6 +63,8 @@ class RunInfo:
     created: float
     updated: float
     actual_steps: int
+    damaged: bool = False
+    problem: str = ""
 
     @classmethod
     def from_proto(cls, info: qpb.RunInfo) -> RunInfo:
@@ -72,6 +78,8 @@ class RunInfo:
             created=info.created_unix,
             updated=info.updated_unix,
             actual_steps=int(info.actual_steps),
+            damaged=info.state == qpb.RUN_STATE_DAMAGED,
+            problem=info.problem,
         )
 
 
@@ -424,9 +432,20 @@ class Client:
         self._calls.close()
 
     def list_runs(self, prefix: str = "") -> list[RunInfo]:
-        """Every run on the store (whose name starts with ``prefix``)."""
-        response = self._calls.unary(self._calls.stub.ListRuns, qpb.ListRunsRequest(prefix=prefix))
-        return [RunInfo.from_proto(info) for info in response.runs]
+        """Every run on the store (whose name starts with ``prefix``), in name order.
+
+        The store answers in pages (bounded in runs and bytes); this asks for
+        each in turn.
+        """
+        runs: list[RunInfo] = []
+        token = ""
+        while True:
+            request = qpb.ListRunsRequest(prefix=prefix, page_token=token)
+            response = self._calls.unary(self._calls.stub.ListRuns, request)
+            runs.extend(RunInfo.from_proto(info) for info in response.runs)
+            if not response.next_page_token or response.next_page_token <= token:
+                return runs
+            token = response.next_page_token
 
     def open_run(self, run: str) -> RemoteStorageReader:
         """An open reader for ``run`` (close it, or use it in a ``with`` block)."""

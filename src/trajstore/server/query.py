@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from trajstore import errors, wire
 from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
-from trajstore.server.names import validate_run_name
+from trajstore.server.catalog import RunCatalog, RunSummary
 from trajstore.server.sessions import RunRegistry, WriterSession
 from trajstore.server.status import abort_with, typed_errors
 from trajstore.store.indexing import Plan
@@ -26,6 +25,10 @@ from trajstore.v1 import query_pb2_grpc as qpb_grpc
 __all__ = ["QueryServicer"]
 
 log = logging.getLogger("trajstore.server")
+
+#: Runs per ListRuns page unless the caller asks for fewer; the most it may ask for.
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
 
 
 class QueryServicer(qpb_grpc.QueryServiceServicer):
@@ -54,6 +57,9 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     ) -> None:
         self.registry = registry
         self.files = registry.files
+        self.catalog = RunCatalog(registry.files)
+        #: Bytes of run descriptions per ListRuns page: well under the message limit.
+        self.page_bytes = max(part_bytes // 2, 1)
         self.data_dir = registry.config.data_dir
         self.part_bytes = part_bytes
         self.read_chunk_bytes = read_chunk_bytes
@@ -82,55 +88,67 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         # (RunFiles.writing), so the count cannot change under its copy.
         return reader.frames(group, cached=not self.registry.is_open(run))
 
-    def _info(self, run: str, reader: RunFileReader) -> qpb.RunInfo:
+    def _info(self, run: str, summary: RunSummary) -> qpb.RunInfo:
+        if summary.problem:
+            state = qpb.RUN_STATE_DAMAGED
+        elif self.registry.is_open(run):
+            state = qpb.RUN_STATE_OPEN
+        else:
+            state = qpb.RUN_STATE_CLOSED
+        frames: Sequence[int] = summary.frames
         session = self.registry.session_for(run)
-        path = reader.path
-        stat = path.stat()
-        created = reader.created
+        if session is not None and not session.closed:
+            frames = session.ack.frames
         return qpb.RunInfo(
             name=run,
-            state=qpb.RUN_STATE_OPEN if self.registry.is_open(run) else qpb.RUN_STATE_CLOSED,
+            state=state,
             groups=[
-                qpb.GroupStatus(name=g.name, frames=n)
-                for g, n in zip(reader.spec.groups, self._frames(reader, session), strict=True)
+                qpb.GroupStatus(name=g, frames=n)
+                for g, n in zip(summary.groups, frames, strict=True)
             ],
-            size_bytes=stat.st_size,
-            metadata_json=reader.spec.metadata_json,
-            created_unix=created if created is not None else stat.st_mtime,
-            updated_unix=stat.st_mtime,
-            actual_steps=reader.actual_steps,
+            size_bytes=summary.size_bytes,
+            metadata_json=summary.metadata_json,
+            created_unix=summary.created if summary.created is not None else summary.updated,
+            updated_unix=summary.updated,
+            actual_steps=summary.actual_steps,
+            problem=summary.problem,
         )
-
-    def _run_names(self, prefix: str) -> list[str]:
-        names = []
-        root = self.data_dir.resolve()
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if not filename.endswith(".h5"):
-                    continue
-                name = (Path(dirpath) / filename).relative_to(root).as_posix()[: -len(".h5")]
-                try:
-                    validate_run_name(name)
-                except errors.InvalidRunNameError:
-                    continue  # not a file the store wrote
-                if name.startswith(prefix):
-                    names.append(name)
-        return names
 
     @typed_errors
     def ListRuns(  # noqa: N802 (gRPC method name)
         self, request: qpb.ListRunsRequest, context: grpc.ServicerContext
     ) -> qpb.ListRunsResponse:
-        """Every run (optionally under a prefix), with its frames and state."""
-        runs = []
-        for name in self._run_names(request.prefix):
-            try:
-                with self.files.reading(name) as reader:
-                    runs.append(self._info(name, reader))
-            except (errors.SchemaError, errors.StorageError, errors.RunNotFoundError) as e:
-                log.warning("listing %s: skipped (%s)", name, e)
-        return qpb.ListRunsResponse(runs=runs)
+        """One page of the runs (optionally under a prefix), with their frames and state.
+
+        A run that cannot be read is listed as damaged, with its problem: one
+        bad run never fails the call.
+        """
+        if request.page_size > MAX_PAGE_SIZE:
+            raise errors.InvalidArgumentError(
+                f"pages hold at most {MAX_PAGE_SIZE} runs, not {request.page_size}"
+            )
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        names = self.catalog.names(request.prefix)
+        names = names[bisect.bisect_right(names, request.page_token) :]
+        response = qpb.ListRunsResponse()
+        size = 0
+        for name, summary in self.catalog.iter_summaries(names):
+            if len(response.runs) == page_size:
+                response.next_page_token = response.runs[-1].name
+                break
+            info = self._info(name, summary)
+            if info.ByteSize() > self.page_bytes:  # alone too big: its metadata stays out
+                info.metadata_json = ""
+                info.problem = info.problem or (
+                    f"metadata of {len(summary.metadata_json)} bytes left out of the listing: "
+                    f"it passes the message limit ({self.page_bytes} bytes)"
+                )
+            if response.runs and size + info.ByteSize() > self.page_bytes:
+                response.next_page_token = response.runs[-1].name
+                break
+            response.runs.append(info)
+            size += info.ByteSize() + 16  # with the field's tag and length
+        return response
 
     @typed_errors
     def DescribeRun(  # noqa: N802 (gRPC method name)
@@ -138,9 +156,11 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     ) -> qpb.DescribeRunResponse:
         """A run's schema and state."""
         with self.files.reading(request.run) as reader:
-            return qpb.DescribeRunResponse(
-                info=self._info(request.run, reader), schema=wire.schema_to_proto(reader.spec)
-            )
+            schema = wire.schema_to_proto(reader.spec)
+        summary = self.catalog.summary(request.run)
+        if summary.problem:
+            raise errors.RunDamagedError(f"run {request.run!r}: {summary.problem}")
+        return qpb.DescribeRunResponse(info=self._info(request.run, summary), schema=schema)
 
     # ------------------------------------------------------------- reading
 

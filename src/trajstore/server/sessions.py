@@ -26,6 +26,7 @@ from trajstore.errors import (
     RunLockedError,
     RunNotFoundError,
     StepOrderError,
+    UnavailableError,
 )
 from trajstore.schema import RunSpec
 from trajstore.server.config import ServerConfig
@@ -192,6 +193,10 @@ class WriterSession:
             self._assembly = None
             self._submit(header, assembly.buffer.data, actual_steps)
 
+    def drop_assembly(self) -> None:
+        """Free a block left half-received (its writer is gone)."""
+        self._assembly = None
+
     def _check_header(self, header: BlockHeader) -> None:
         groups = self.spec.groups
         if header.block != self._last_block + 1:
@@ -287,6 +292,40 @@ class RunRegistry:
         self._chunk_pool = ThreadPoolExecutor(
             max_workers=config.compress_threads, thread_name_prefix="trajstore-compress"
         )
+        self._stopping = False  # close_all began: no run opens any more
+        self._reaper = threading.Thread(target=self._reap, name="trajstore-reaper", daemon=True)
+        self._reaper.start()
+
+    @property
+    def reap_interval(self) -> float:
+        """Seconds between two looks for sessions whose lease ran out."""
+        return min(max(self.config.lease_seconds / 4, 0.05), 5.0)
+
+    def _reap(self) -> None:
+        """Close sessions whose writer was not heard from for a lease, until shutdown.
+
+        A writer that vanished (killed, its host gone) keeps nothing: its run
+        is closed with every durable frame, counts no more against
+        ``max_open_runs``, its followers see the run end, and the memory of
+        a block it left half-sent is freed.
+        """
+        with self._lock:
+            while not self._stopping:
+                self._lock.wait(self.reap_interval)
+                expired = [
+                    s
+                    for s in list(self._by_id.values())
+                    if s.idle_seconds() >= self.config.lease_seconds and self._forget(s)
+                ]
+                if not expired:
+                    continue
+                self._lock.release()
+                try:
+                    for session in expired:
+                        session.drop_assembly()
+                        self._close_forgotten(session, "lease expired")
+                finally:
+                    self._lock.acquire()
 
     def open(self, run: str, mode: OpenMode, spec: RunSpec, *, takeover: str = "") -> WriterSession:
         """Open ``run`` for one writer; :class:`RunLockedError` if another holds it.
@@ -299,6 +338,7 @@ class RunRegistry:
         deadline = time.monotonic() + OPEN_WAIT_SECONDS
         expired = None
         with self._lock:
+            self._refuse_if_stopping()
             # A writer still closing the run (its final flush) has the file open: wait for it.
             if not self._lock.wait_for(lambda: run not in self._closing, OPEN_WAIT_SECONDS):
                 raise RunLockedError(f"run {run!r} is still being closed by its last writer")
@@ -322,12 +362,22 @@ class RunRegistry:
                 self._close_forgotten(expired, why)
             session = self._create(run, path, mode, spec, deadline - time.monotonic())
             with self._lock:
-                self._by_run[run] = session
-                self._by_id[session.id] = session
+                stopping = self._stopping
+                if not stopping:
+                    self._by_run[run] = session
+                    self._by_id[session.id] = session
+            if stopping:  # shutdown began while the file was opened: close it cleanly
+                _close_logged(session, "store shutting down")
+                self._refuse_if_stopping()
             return session
         finally:
             with self._lock:
                 self._opening.discard(run)
+                self._lock.notify_all()
+
+    def _refuse_if_stopping(self) -> None:
+        if self._stopping:
+            raise UnavailableError("the store is shutting down; try again (another store)")
 
     def _create(
         self, run: str, path: Path, mode: OpenMode, spec: RunSpec, wait: float
@@ -425,8 +475,16 @@ class RunRegistry:
             self._closed(session)
 
     def close_all(self) -> None:
-        """Flush and close every open run (server shutdown)."""
+        """Flush and close every open run (server shutdown).
+
+        Runs being opened meanwhile are waited for (they close themselves
+        once they see the shutdown), so that no file is left open for writing.
+        """
         with self._lock:
+            self._stopping = True
+            self._lock.notify_all()  # the reaper ends
+            if not self._lock.wait_for(lambda: not self._opening, OPEN_WAIT_SECONDS * 2):
+                log.error("runs still opening at shutdown: %s", sorted(self._opening))
             sessions = [s for s in list(self._by_id.values()) if self._forget(s)]
         for session in sessions:
             self._close_forgotten(session, "closing at shutdown")

@@ -18,31 +18,17 @@ from trajstore.errors import (
     FrameIndexError,
     GroupNotFoundError,
     NotOpenError,
-    RunNotFoundError,
     SchemaError,
     StorageError,
 )
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store import layout
 from trajstore.store.indexing import Plan, plan_index
+from trajstore.store.opening import open_for_reading
 
 __all__ = ["RunFileReader"]
 
 _FRAMES_NAME = layout.ATTR_FRAMES.encode()
-
-
-def _open(path: Path) -> h5py.File:
-    try:
-        # SWMR lets us read a run that is still being written.
-        return h5py.File(path, "r", swmr=True)
-    except OSError:
-        pass
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise RunNotFoundError(f"no run file at {path}") from None
-    except OSError as e:
-        raise StorageError(f"cannot open {path}: {e}") from e
 
 
 class RunFileReader:
@@ -54,7 +40,7 @@ class RunFileReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._file = _open(self.path)
+        self._file = open_for_reading(self.path)
         try:
             self.spec = self._read_spec()
         except BaseException:

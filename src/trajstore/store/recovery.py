@@ -26,6 +26,7 @@ import h5py
 
 from trajstore.durable import sync_directory, sync_file
 from trajstore.store import layout
+from trajstore.store.opening import is_left_open
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import RunFileWriter, copy_frames
 
@@ -35,12 +36,6 @@ log = logging.getLogger("trajstore.store")
 
 #: Bytes copied per block while rebuilding.
 COPY_BLOCK_BYTES = 16 << 20
-
-
-def is_left_open(error: OSError) -> bool:
-    """Whether ``error`` is HDF5 refusing a file a killed writer left open."""
-    text = str(error)
-    return "already open for write" in text or "consistency flags" in text
 
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"

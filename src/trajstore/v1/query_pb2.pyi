@@ -13,9 +13,11 @@ class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
     RUN_STATE_OPEN: _ClassVar[RunState]
     RUN_STATE_CLOSED: _ClassVar[RunState]
+    RUN_STATE_DAMAGED: _ClassVar[RunState]
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_OPEN: RunState
 RUN_STATE_CLOSED: RunState
+RUN_STATE_DAMAGED: RunState
 
 class GroupStatus(_message.Message):
     __slots__ = ("name", "frames")
@@ -26,7 +28,7 @@ class GroupStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("name", "state", "groups", "size_bytes", "metadata_json", "created_unix", "updated_unix", "actual_steps")
+    __slots__ = ("name", "state", "groups", "size_bytes", "metadata_json", "created_unix", "updated_unix", "actual_steps", "problem")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +37,7 @@ class RunInfo(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: RunState
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
@@ -43,19 +46,26 @@ class RunInfo(_message.Message):
     created_unix: float
     updated_unix: float
     actual_steps: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., actual_steps: _Optional[int] = ...) -> None: ...
+    problem: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., actual_steps: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "page_size", "page_token")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prefix: str
-    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "next_page_token")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[RunInfo]
-    def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DescribeRunRequest(_message.Message):
     __slots__ = ("run",)
