@@ -135,8 +135,9 @@ def deep_structure_text(levels: int) -> str:
         (leaf_schema((0, 2**62, 4), "float64"), E.SchemaError),
         (leaf_schema((0, 2**62, 4), "float64", time_axis=False), E.SchemaError),
         (leaf_schema((2**63 - 1, 0, 2)), E.SchemaError),
-        # 2**31 frames of it pass 2**63 - 1 bytes: a whole-group read could not be made.
+        # Empty frames cost nothing: 2**31 of them pass 2**63 - 1 "bytes" (numpy's count).
         (leaf_schema((0, 2**40)), E.SchemaError),
+        (leaf_schema((2**40, 0), "float64"), E.SchemaError),
         (leaf_schema((-1, 3)), E.SchemaError),
         (leaf_schema((2**63 - 1,), "int8", time_axis=False), E.ResourceExhaustedError),
         (leaf_schema((1,) * MAX_RANK), E.SchemaError),  # with the time axis: 33 dims
@@ -393,16 +394,22 @@ def around(*edges: int) -> st.SearchStrategy[int]:
     return st.sampled_from(edges).flatmap(lambda e: st.integers(e - 2, e + 2)) | st.integers(-3, 8)
 
 
-dimension = around(0, 2**20, 2**28, 2**31, 2**32, 2**40, 2**59, 2**60, 2**61, 2**62, 2**63)
+dimension = around(
+    0, 2**20, 2**28, 2**29, 2**30, 2**31, 2**32, 2**40, 2**59, 2**60, 2**61, 2**62, 2**63
+)
 shapes = st.lists(dimension, max_size=4) | st.tuples(st.just(0), dimension, dimension).map(list)
 
 
 def representable(shape, dtype: str, time_axis: bool) -> bool:
-    """numpy's own judgement: can an array of every frame of this leaf exist? (0 bytes made)."""
+    """numpy's own judgement: can its arrays exist? (0 bytes made).
+
+    A frame, and for an empty leaf (frames cost nothing) all of a time axis's frames.
+    """
     if len(shape) + time_axis > MAX_RANK:
         return False
+    frames = MAX_FRAMES if time_axis and 0 in shape else 1
     try:
-        np.empty((0, MAX_FRAMES if time_axis else 1, *shape), numpy_dtype(dtype))
+        np.empty((0, frames, *shape), numpy_dtype(dtype))
     except (ValueError, OverflowError):  # negative dimensions, or too big
         return False
     return True

@@ -76,16 +76,19 @@ def check_leaf_extent(what: str, shape: Sequence[int], itemsize: int, time_axis:
     """Raise :class:`SchemaError` unless every array of a leaf fits numpy's sizes.
 
     numpy refuses a shape whose non-zero dimensions times the item size pass
-    2**63 - 1, also when another dimension is 0 (no bytes at all); a time
-    axis holds up to :data:`MAX_FRAMES` frames, so a block or a read of the
-    whole group is that much larger.
+    2**63 - 1, also when another dimension is 0 (no bytes at all). Frames of
+    such an empty leaf cost nothing, so a time axis may hold all
+    :data:`MAX_FRAMES` of them and a read of them all must fit too; frames
+    with bytes are bounded by the disk long before.
     """
-    extent = itemsize * math.prod(d for d in shape if d) * (MAX_FRAMES if time_axis else 1)
+    empty = any(d == 0 for d in shape)
+    frames = MAX_FRAMES if time_axis and empty else 1
+    extent = itemsize * math.prod(d for d in shape if d) * frames
     if extent > INT64_MAX:
-        frames = f" times {MAX_FRAMES} frames" if time_axis else ""
+        times = f" times {MAX_FRAMES} frames" if frames > 1 else ""
         raise SchemaError(
             f"{what}: shape {tuple(shape)} is too large to store (its non-zero dimensions "
-            f"times {itemsize} bytes{frames} pass 2**63 - 1)"
+            f"times {itemsize} bytes{times} pass 2**63 - 1)"
         )
 
 
