@@ -6,6 +6,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trajstore.bounds import MAX_TARGET_CHUNK_BYTES
+
 __all__ = ["DEFAULT_TARGET_CHUNK_BYTES", "Compression"]
 
 #: Default chunk size. Small enough that one random frame of a compressed
@@ -44,8 +46,11 @@ class Compression:
         low, high = _LEVELS[self.codec]
         if self.codec != "lzf" and not low <= level <= high:
             raise ValueError(f"{self.codec} level must lie in [{low}, {high}], got {level}")
-        if operator.index(self.target_chunk_bytes) < 1:
-            raise ValueError("target_chunk_bytes must be positive")
+        if not 1 <= operator.index(self.target_chunk_bytes) <= MAX_TARGET_CHUNK_BYTES:
+            raise ValueError(
+                f"target_chunk_bytes must lie in [1, {MAX_TARGET_CHUNK_BYTES}] "
+                f"(HDF5 chunks stay under 4 GiB), got {self.target_chunk_bytes}"
+            )
 
     def filter_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``h5py.Group.create_dataset`` that set the filters."""

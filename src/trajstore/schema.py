@@ -16,6 +16,14 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from trajstore.bounds import (
+    INT64_MAX,
+    MAX_JSON_DEPTH,
+    MAX_RANK,
+    check_json_depth,
+    check_leaf_extent,
+    json_text_depth,
+)
 from trajstore.compression import Compression
 from trajstore.errors import SchemaError
 
@@ -140,15 +148,15 @@ def structure_leaves(description: Mapping[str, Any]) -> int:
 
 
 def check_total_steps(total: object) -> None:
-    """Raise :class:`SchemaError` unless ``total`` is ``None`` or an integer >= 0."""
+    """Raise :class:`SchemaError` unless ``total`` is ``None`` or an integer in [0, 2**63 - 1]."""
     if total is not None and (
-        isinstance(total, bool) or not isinstance(total, int | np.integer) or total < 0
+        isinstance(total, bool)
+        or not isinstance(total, int | np.integer)
+        or not 0 <= total <= INT64_MAX
     ):
-        raise SchemaError(f"total_steps must be None or an integer >= 0, got {total!r}")
-
-
-#: Dimensions HDF5 gives a dataset, the time axis included.
-MAX_RANK = 32
+        raise SchemaError(
+            f"total_steps must be None or an integer in [0, 2**63 - 1], got {total!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,7 @@ class LeafSpec:
         shape = tuple(int(d) for d in self.shape)
         if any(d < 0 for d in shape):
             raise SchemaError(f"leaf {self.path}: negative dimension in shape {shape}")
+        check_leaf_extent(f"leaf {self.path}", shape, self.np_dtype.itemsize, time_axis=False)
         object.__setattr__(self, "shape", shape)
 
     @property
@@ -235,6 +244,14 @@ class GroupSpec:
                     f"{' and a time axis' if self.time_axis else ''}; HDF5 stores at most "
                     f"{MAX_RANK}"
                 )
+            check_leaf_extent(
+                f"group {self.name} leaf {leaf.path}",
+                leaf.shape,
+                leaf.np_dtype.itemsize,
+                self.time_axis,
+            )
+        check_json_depth(self.structure, f"group {self.name}: structure description")
+        check_json_depth(self.frequency, f"group {self.name}: frequency description")
 
     @property
     def frame_nbytes(self) -> int:
@@ -288,6 +305,12 @@ class RunSpec:
         if len(set(names)) != len(names):
             raise SchemaError("duplicate group names")
         check_total_steps(self.total_steps)
+        check_json_depth(self.config_structure, "config structure description")
+        if not isinstance(self.metadata_json, str):
+            raise SchemaError("metadata_json must be a str")
+        depth = json_text_depth(self.metadata_json)
+        if depth > MAX_JSON_DEPTH:
+            raise SchemaError(f"metadata nests {depth} deep; at most {MAX_JSON_DEPTH} is stored")
 
     @property
     def group_names(self) -> list[str]:

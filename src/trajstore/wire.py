@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from trajstore import errors
+from trajstore import bounds, errors
 from trajstore.compression import Compression
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, structure_leaves
 from trajstore.v1 import ingest_pb2 as pb
@@ -112,10 +112,7 @@ def schema_to_proto(spec: RunSpec) -> pb.RunSchema:
 def _json_object(text: str, what: str, *, default: Any) -> Any:
     if not text:
         return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise errors.SchemaError(f"{what} is not valid JSON") from None
+    return bounds.loads_json(text, what)  # as deep as a run file's reader allows
 
 
 def schema_from_proto(message: pb.RunSchema) -> RunSpec:
@@ -154,7 +151,7 @@ def schema_from_proto(message: pb.RunSchema) -> RunSpec:
 
 def metadata_from_json(text: str) -> dict[str, Any]:
     """User metadata from its JSON form (``{}`` if empty or not an object)."""
-    value = json.loads(text) if text else {}
+    value = bounds.loads_json(text, "metadata") if text else {}
     return value if isinstance(value, dict) else {}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from trajstore import errors, wire
+from trajstore import bounds, errors, wire
 from trajstore.blockcodec import IncomingPart
 from trajstore.server.sessions import Ack, BlockHeader, RunRegistry, WriterSession
 from trajstore.server.status import abort_with, typed_errors
@@ -61,8 +61,12 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         self, request: pb.CloseRunRequest, context: grpc.ServicerContext
     ) -> pb.CloseRunResponse:
         """Flush and close the run; release it for other writers."""
+        actual_steps = None
+        if request.HasField("actual_steps"):
+            actual_steps = bounds.check_count(
+                request.actual_steps, "actual_steps", errors.StepOrderError
+            )
         session = self.registry.get(request.session)
-        actual_steps = request.actual_steps if request.HasField("actual_steps") else None
         ack = self.registry.close(request.session, actual_steps)
         run, recorded = session.run, session.writer.file.actual_steps
         log.info(
@@ -149,7 +153,16 @@ def _receive(session: WriterSession, incoming: IncomingWrite) -> None:
         raise errors.FailedPreconditionError("this writer session was closed")
     if request.session and request.session != session.id:
         raise errors.InvalidArgumentError("a write stream carries one session")
-    if not request.block and (request.count or request.total_bytes or len(data)):
+    # Every number is checked before anything is done with the message.
+    bounds.check_count(request.actual_steps, "actual_steps", errors.StepOrderError)
+    if not request.block and (
+        request.count
+        or request.total_bytes
+        or len(data)
+        or request.group
+        or request.start
+        or request.offset
+    ):
         raise errors.InvalidArgumentError(
             "frames sent without a block number (blocks count from 1)"
         )

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
-from trajstore import errors, wire
+from trajstore import bounds, errors, wire
 from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
 from trajstore.server.catalog import RunCatalog, RunSummary
@@ -280,8 +280,11 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
         try:
-            if request.start < 0:
-                raise errors.FrameIndexError("follow starts at a frame index >= 0")
+            if not 0 <= request.start <= bounds.MAX_FRAMES:  # a group holds MAX_FRAMES frames
+                raise errors.FrameIndexError(
+                    f"follow starts at a frame index in [0, {bounds.MAX_FRAMES}], "
+                    f"not {request.start}"
+                )
             with self.files.reading(request.run) as reader:
                 group = reader.group_index(request.group)
                 spec = reader.spec.groups[group]

@@ -178,7 +178,9 @@ class WriterSession:
                     f"{assembly.header.total_bytes} bytes"
                 )
             self._check_header(header)
-            if offset == 0 and len(data) == header.total_bytes:
+            if offset != 0:  # refused before a buffer is made for it
+                raise InvalidArgumentError(f"block {header.block} starts at byte {offset}, not 0")
+            if len(data) == header.total_bytes:
                 self._submit(header, data, actual_steps)  # the common case: no copy
                 return
             assembly = self._assembly = _Assembly(header, np.empty(header.total_bytes, np.uint8))

@@ -23,6 +23,7 @@ import math
 import time
 from typing import Any
 
+from trajstore import bounds
 from trajstore.compression import DEFAULT_TARGET_CHUNK_BYTES, Compression
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, storage_dtype
 
@@ -58,10 +59,8 @@ ATTR_DTYPE = "dtype"
 BLOCK_TARGET_BYTES = 1 << 22
 #: ... and buffers at most this many frames (bounds latency for tiny frames).
 MAX_BATCH_FRAMES = 4096
-#: Frames a time-axis group can hold: a frame index beyond it (a step far
-#: past the run's end) is refused before anything is queued (HDF5 numbers
-#: chunks with 32 bits).
-MAX_FRAMES = 1 << 31
+#: Frames a time-axis group can hold (see :data:`trajstore.bounds.MAX_FRAMES`).
+MAX_FRAMES = bounds.MAX_FRAMES
 
 
 def _pow2_floor(value: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd filter, so compressed runs read)
 import numpy as np
 
+from trajstore.bounds import MAX_JSON_DEPTH, loads_json
 from trajstore.errors import (
     FailedPreconditionError,
     FrameIndexError,
@@ -63,19 +63,28 @@ class RunFileReader:
                 f"{layout.FORMAT_VERSION}"
             )
         try:
-            names = json.loads(attrs[layout.ATTR_GROUP_NAMES])
+            names = loads_json(attrs[layout.ATTR_GROUP_NAMES], "group names")
             groups = tuple(
-                GroupSpec.from_json(json.loads(self._file[n].attrs[layout.ATTR_GROUP_SPEC]))
+                GroupSpec.from_json(
+                    # A group's spec holds its structure description one level down.
+                    loads_json(
+                        self._file[n].attrs[layout.ATTR_GROUP_SPEC],
+                        f"group {n} spec",
+                        max_depth=MAX_JSON_DEPTH + 1,
+                    )
+                )
                 for n in names
             )
             total = int(attrs[layout.ATTR_TOTAL_STEPS])
             return RunSpec(
                 groups=groups,
-                config_structure=json.loads(attrs[layout.ATTR_CONFIG_STRUCTURE]),
+                config_structure=loads_json(
+                    attrs[layout.ATTR_CONFIG_STRUCTURE], "config structure"
+                ),
                 metadata_json=str(attrs[layout.ATTR_METADATA]),
                 total_steps=None if total < 0 else total,
             )
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise SchemaError(f"{self.path}: damaged trajstore metadata ({e})") from e
 
     def close(self) -> None:

@@ -13,12 +13,14 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from trajstore.bounds import MAX_JSON_DEPTH, check_count, loads_json
 from trajstore.durable import sync_directory
 from trajstore.errors import (
     FrameMismatchError,
     RunExistsError,
     RunNotFoundError,
     SchemaError,
+    StepOrderError,
     StorageError,
     TrajstoreError,
 )
@@ -365,14 +367,18 @@ class RunFileWriter:
         version = int(file.attrs.get(layout.ATTR_FORMAT, -1))
         if version != layout.FORMAT_VERSION:
             raise SchemaError(f"{self.path} has format {version}, not {layout.FORMAT_VERSION}")
-        existing = json.loads(file.attrs[layout.ATTR_GROUP_NAMES])
+        existing = loads_json(file.attrs[layout.ATTR_GROUP_NAMES], "group names")
         if existing != self.spec.group_names:
             raise SchemaError(
                 f"cannot append: the run has groups {existing}, the writer {self.spec.group_names}"
             )
         groups = []
         for spec in self.spec.groups:
-            stored = json.loads(file[spec.name].attrs[layout.ATTR_GROUP_SPEC])
+            stored = loads_json(
+                file[spec.name].attrs[layout.ATTR_GROUP_SPEC],
+                f"group {spec.name} spec",
+                max_depth=MAX_JSON_DEPTH + 1,  # the structure description is one level down
+            )
             if _layout_key(stored) != _layout_key(spec.to_json()):
                 raise SchemaError(f"cannot append: group {spec.name} has a different schema")
             groups.append(Hdf5ObjWriter.open(file, spec, self._chunk_pool))
@@ -432,8 +438,12 @@ class RunFileWriter:
         self._dirty.add(group_index)
 
     def set_actual_steps(self, actual_steps: int) -> None:
-        """Record the number of steps the simulation ran (written at the next flush)."""
-        self._actual_steps = actual_steps
+        """Record the number of steps the simulation ran (written at the next flush).
+
+        Raises:
+            StepOrderError: Unless ``actual_steps`` is an integer in [0, 2**63 - 1].
+        """
+        self._actual_steps = check_count(actual_steps, "actual_steps", StepOrderError)
 
     def flush(self) -> None:
         """Make everything written so far durable, then publish the frame counts.
