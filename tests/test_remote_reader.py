@@ -21,7 +21,7 @@ from trajstore import (
 )
 from trajstore import errors as E
 from trajstore.blockcodec import IncomingArrays, IncomingPart
-from trajstore.client.reader import _assemble, _unpack
+from trajstore.client.reader import _assemble, _RemoteLeaves, _unpack
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.indexing import plan_index
 from trajstore.store.reader import RunFileReader
@@ -333,13 +333,13 @@ def test_read_chunked_fetches_one_chunk_ahead_and_stops_when_left(store, monkeyp
     with connect(store.address) as client, client.open_run("proj/chunks") as run:
         traj = run.focus_group("group['traj']")
         asked = []  # the index of every read the reader sends
-        source_read = traj._remote.read
+        source_read = _RemoteLeaves.read  # read_chunked reads through a pinned copy
 
-        def counting_read(leaves, index):
+        def counting_read(self, leaves, index):
             asked.append(index)
-            return source_read(leaves, index)
+            return source_read(self, leaves, index)
 
-        monkeypatch.setattr(traj._remote, "read", counting_read)
+        monkeypatch.setattr(_RemoteLeaves, "read", counting_read)
         chunks = traj.read_chunked(3)
         first = next(chunks)
         deadline = time.monotonic() + 10

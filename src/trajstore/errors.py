@@ -25,6 +25,7 @@ __all__ = [
     "FailedPreconditionError",
     "NotOpenError",
     "RunLockedError",
+    "RunChangedError",
     "FrameIndexError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
@@ -44,6 +45,15 @@ class TrajstoreError(Exception):
 
     #: Name of the gRPC status code this error travels as.
     status: str = "UNKNOWN"
+
+    def wire_fields(self) -> dict[str, int]:
+        """Integer fields the error carries to the client besides its message."""
+        return {}
+
+    @classmethod
+    def from_wire(cls, message: str, fields: dict[str, int]) -> TrajstoreError:
+        """The error as the server raised it, from its message and :meth:`wire_fields`."""
+        return cls(message)
 
 
 class InvalidArgumentError(TrajstoreError, ValueError):
@@ -108,6 +118,55 @@ class NotOpenError(FailedPreconditionError):
 
 class RunLockedError(FailedPreconditionError):
     """Another writer holds the run."""
+
+
+class RunChangedError(FailedPreconditionError):
+    """The run was replaced or rewound while a read of several calls went on.
+
+    A read that spans calls (``follow()``, ``read_chunked``, ``pull``) pins
+    the version of the run it started on, its *generation*; an overwrite or a
+    restart from a checkpoint (an append that rewrites frames already
+    stored) starts a new one, and such a read ends with this error rather
+    than join frames of two versions.
+
+    Attributes:
+        old_generation: The generation the read started on.
+        new_generation: The run's generation now.
+        rewind_frame: The first frame of the read's group that the new
+            version may differ in (frames before it are the same); ``None``
+            when the store does not know (the run was replaced, or changed
+            more than once): then treat every frame as changed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        old_generation: int = 0,
+        new_generation: int = 0,
+        rewind_frame: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.old_generation = old_generation
+        self.new_generation = new_generation
+        self.rewind_frame = rewind_frame
+
+    def wire_fields(self) -> dict[str, int]:
+        """The generations and the rewind frame, for the client."""
+        fields = {"old_generation": self.old_generation, "new_generation": self.new_generation}
+        if self.rewind_frame is not None:
+            fields["rewind_frame"] = self.rewind_frame
+        return fields
+
+    @classmethod
+    def from_wire(cls, message: str, fields: dict[str, int]) -> RunChangedError:
+        """The error from its message and :meth:`wire_fields`."""
+        return cls(
+            message,
+            old_generation=fields.get("old_generation", 0),
+            new_generation=fields.get("new_generation", 0),
+            rewind_frame=fields.get("rewind_frame"),
+        )
 
 
 class FrameIndexError(TrajstoreError, IndexError):

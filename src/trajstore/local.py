@@ -226,6 +226,11 @@ class HDF5StorageReader(Generic[Config]):
         """Steps logged, as of the writer's last flush."""
         return self.file.actual_steps
 
+    @property
+    def generation(self) -> int:
+        """The run's version (as ``RunInfo.generation`` on the store); ``0``: unknown."""
+        return self.file.generation()
+
     def focus_group(
         self, view_or_name: str | Callable[[Any], Any], *, like: Any = None
     ) -> GroupReader[Any]:

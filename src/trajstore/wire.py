@@ -20,6 +20,7 @@ from trajstore.v1 import query_pb2 as qpb
 
 __all__ = [
     "ERROR_CLASS_KEY",
+    "ERROR_FIELDS_KEY",
     "MAX_INDEX_COMPONENTS",
     "MODES",
     "error_from_rpc",
@@ -33,6 +34,8 @@ __all__ = [
 
 #: Trailing-metadata key naming the TrajstoreError subclass the server raised.
 ERROR_CLASS_KEY = "trajstore-error-class"
+#: Trailing-metadata key of the error's integer fields (``wire_fields``), as JSON.
+ERROR_FIELDS_KEY = "trajstore-error-fields"
 
 #: More components than numpy allows dimensions is never a valid index; refused before decoding.
 MAX_INDEX_COMPONENTS = 64
@@ -260,10 +263,24 @@ def error_from_rpc(error: grpc.RpcError) -> errors.TrajstoreError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     cls: type[errors.TrajstoreError] | None = None
+    fields: dict[str, int] = {}
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == ERROR_CLASS_KEY:
             cls = errors.error_class_for(str(value))
+        elif key == ERROR_FIELDS_KEY:
+            fields = _error_fields(value)
     if cls is None or cls.status != getattr(code, "name", None):
         cls = _DEFAULT_CLASS.get(code, errors.TrajstoreError)
-    return cls(details)
+    return cls.from_wire(details, fields)
+
+
+def _error_fields(value: str | bytes) -> dict[str, int]:
+    """An error's integer fields from trailing metadata; whatever is not one is dropped."""
+    try:
+        decoded = json.loads(value)
+    except (ValueError, TypeError):
+        return {}
+    if not isinstance(decoded, dict):
+        return {}
+    return {str(k): v for k, v in decoded.items() if isinstance(v, int) and not isinstance(v, bool)}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from trajstore.client.reader import _RemoteLeaves
 from trajstore.store.writer import RunFileWriter, copy_frames
 
 if TYPE_CHECKING:
@@ -21,10 +22,17 @@ def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_b
     """Copy every durable frame of ``reader``'s run into ``path`` (same layout as the store's).
 
     The file is written next to ``path`` and renamed into place when
-    complete, so ``path`` never holds half a run.
+    complete, so ``path`` never holds half a run. It holds one version of
+    the run: every read is pinned to the generation the run had when the
+    pull began.
+
+    Raises:
+        RunChangedError: The run was overwritten, or a writer rewrote frames
+            of it (a restart from a checkpoint), while it was pulled: nothing
+            is written (pull again).
     """
     spec = reader.spec
-    info = reader.describe()
+    info = reader.version()
     partial = path.with_name(path.name + ".part")
     total = sum(info.frames[g.name] * g.frame_nbytes for g in spec.groups)
     file = RunFileWriter(partial, spec, mode="overwrite")
@@ -32,7 +40,10 @@ def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_b
         with tqdm(
             total=total, unit="B", unit_scale=True, desc=reader.run, disable=not progress
         ) as bar:
-            sources = [reader.focus_group(g.name)._remote for g in spec.groups]
+            sources = [
+                _RemoteLeaves(reader, position, info.generation)
+                for position in range(len(spec.groups))
+            ]
             copy_frames(
                 file,
                 [info.frames[g.name] for g in spec.groups],

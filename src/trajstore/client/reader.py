@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +19,13 @@ from trajstore import wire
 from trajstore.blockcodec import IncomingArrays, IncomingPart, query_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.fetch_stream import FetchStream
-from trajstore.errors import NotOpenError, ResourceExhaustedError, StorageError
+from trajstore.errors import (
+    InvalidArgumentError,
+    NotOpenError,
+    ResourceExhaustedError,
+    RunChangedError,
+    StorageError,
+)
 from trajstore.read_ahead import read_ahead
 from trajstore.reading import GroupReader, group_position, repeat_leaves
 from trajstore.schema import GroupSpec, RunSpec
@@ -53,6 +60,9 @@ class RunInfo:
             other fields are empty.
         problem: Why a damaged run cannot be read, or a note on what the
             listing left out ('' if nothing).
+        generation: The version of the run: new when it is created or
+            overwritten, one more whenever a writer rewrites frames already
+            stored (a restart from a checkpoint); ``0``: unknown (an older file).
     """
 
     name: str
@@ -65,6 +75,7 @@ class RunInfo:
     actual_steps: int
     damaged: bool = False
     problem: str = ""
+    generation: int = 0
 
     @classmethod
     def from_proto(cls, info: qpb.RunInfo) -> RunInfo:
@@ -80,6 +91,7 @@ class RunInfo:
             actual_steps=int(info.actual_steps),
             damaged=info.state == qpb.RUN_STATE_DAMAGED,
             problem=info.problem,
+            generation=int(info.generation),
         )
 
 
@@ -181,10 +193,24 @@ def _unpack(response: Fetched, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
 class _RemoteLeaves:
     """:class:`~trajstore.reading.LeafSource` for one group of a run on the store."""
 
-    def __init__(self, reader: RemoteStorageReader, position: int) -> None:
+    def __init__(self, reader: RemoteStorageReader, position: int, generation: int = 0) -> None:
         self._reader = reader
         self._position = position
         self.spec: GroupSpec = reader.spec.groups[position]
+        #: Reads expect this generation of the run (0: any): see :meth:`pinned`.
+        self.generation = generation
+
+    def pinned(self) -> tuple[_RemoteLeaves, int]:
+        """This group pinned to the run's version now, and its frames then.
+
+        Reads through the result raise
+        :class:`~trajstore.errors.RunChangedError` once the run is replaced
+        or this group rewound.
+        """
+        info = self._reader.version()
+        return _RemoteLeaves(self._reader, self._position, info.generation), info.frames[
+            self.spec.name
+        ]
 
     def frames(self) -> int:
         return self._reader.describe().frames[self.spec.name]
@@ -198,6 +224,7 @@ class _RemoteLeaves:
             leaves=list(leaves),
             index=components,
             index_is_tuple=is_tuple,
+            generation=self.generation,
         )
         dtypes = [self.spec.leaves[i].np_dtype for i in leaves]
         if self._fits_one_message(leaves, index):
@@ -235,7 +262,14 @@ class RemoteGroupReader(GroupReader[Any]):
 
     def _chunks(self, size: int, select: Callable[[Any], Any] | None) -> Iterator[Any]:
         # The next chunk travels while the caller works on this one (one chunk ahead).
-        return read_ahead(super()._chunks(size, select))
+        return read_ahead(self._pinned_chunks(size, select))
+
+    def _pinned_chunks(self, size: int, select: Callable[[Any], Any] | None) -> Iterator[Any]:
+        """The frames as the run is now, in chunks; :class:`RunChangedError` if it changes."""
+        source, total = self._remote.pinned()
+        pinned = GroupReader[Any](source, like=self._like)
+        for start in range(0, total, size):
+            yield pinned.read(slice(start, min(start + size, total)), select=select)
 
     def follow(
         self,
@@ -243,23 +277,88 @@ class RemoteGroupReader(GroupReader[Any]):
         *,
         timeout: float | None = None,
         select: Callable[[Any], Any] | None = None,
+        on_rewind: str | Callable[[RunChangedError], None] = "raise",
     ) -> Iterator[Any]:
         """Yield frames from ``start`` on, in order, as they become durable.
 
         Ends when the writer closes the run (after its last frame). Frames of
-        a closed run are yielded at once.
+        a closed run are yielded at once. Follows one version of the run:
+        when it is overwritten, or its writer rewrites frames of this group
+        (a restart from a checkpoint: ``mode="append"`` logging from an
+        earlier step), frames of the two versions are never joined.
 
         Args:
             start: First frame index.
             timeout: Give up (raise :class:`~trajstore.errors.UnavailableError`)
                 if the whole follow takes longer than this many seconds.
             select: A view picking the fields to transfer (as in :meth:`read`).
+            on_rewind: When the run changes under the follower: ``"raise"``
+                :class:`~trajstore.errors.RunChangedError` (the default);
+                ``"resume"``: go on with the new version from the first
+                frame that differs (``error.rewind_frame``, or ``start``
+                when the store does not know it), so the frames yielded from
+                then on are the new version's; a callable: called with the
+                error first (to drop the frames yielded from
+                ``error.rewind_frame`` on), then resume. A rewind past the
+                frames yielded so far is no change for the follower: it goes
+                on. Resuming raises the error anyway if the group's schema
+                changed (an overwrite with another config).
+
+        Raises:
+            RunChangedError: The run changed and ``on_rewind`` is ``"raise"``.
         """
+        if not callable(on_rewind) and on_rewind not in ("raise", "resume"):
+            raise InvalidArgumentError(
+                f"on_rewind must be 'raise', 'resume' or a callable, not {on_rewind!r}"
+            )
+        return self._follow(start, timeout, select, on_rewind)
+
+    def _follow(
+        self,
+        start: int,
+        timeout: float | None,
+        select: Callable[[Any], Any] | None,
+        on_rewind: str | Callable[[RunChangedError], None],
+    ) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The version followed: the one the run has now, with the schema this reader read.
+        generation = self._remote._reader.version().generation
+        position = start  # the next frame to yield
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            frames = self._follow_version(position, generation, left, select)
+            try:
+                for frame in frames:
+                    yield frame
+                    position += 1
+                return
+            except RunChangedError as e:
+                if on_rewind == "raise":
+                    raise
+                if e.rewind_frame is None:
+                    self._remote._reader.version()  # raises if the group's schema changed
+                first = start if e.rewind_frame is None else max(start, e.rewind_frame)
+                if callable(on_rewind):
+                    on_rewind(e)
+                position, generation = min(position, first), e.new_generation
+            finally:
+                frames.close()
+
+    def _follow_version(
+        self,
+        start: int,
+        generation: int,
+        timeout: float | None,
+        select: Callable[[Any], Any] | None,
+    ) -> Generator[Any, None, None]:
+        """One Follow call: frames of one generation from ``start`` on."""
         positions, treedef = self._selected(select)
         unique = list(dict.fromkeys(positions))  # the store sends each leaf once
         reader = self._remote._reader
         calls = reader.calls
-        request = qpb.FollowRequest(run=reader.run, group=self.name, leaves=unique, start=start)
+        request = qpb.FollowRequest(
+            run=reader.run, group=self.name, leaves=unique, start=start, generation=generation
+        )
         leaves = [self.spec.leaves[i] for i in unique]
         pending: dict[int, np.ndarray] = {}
         filled: dict[int, int] = {}  # bytes of each leaf of the batch received so far
@@ -374,6 +473,23 @@ class RemoteStorageReader:
         calls = self.calls
         described = calls.unary(calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run))
         return RunInfo.from_proto(described.info)
+
+    def version(self) -> RunInfo:
+        """:meth:`describe`, checking that the run still has the schema it was opened with.
+
+        Raises:
+            RunChangedError: The run was overwritten with another schema:
+                this reader cannot read it (open it again).
+        """
+        calls = self.calls
+        described = calls.unary(calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run))
+        info = RunInfo.from_proto(described.info)
+        if wire.schema_from_proto(described.schema) != self.spec:
+            raise RunChangedError(
+                f"run {self.run!r} was replaced by one with another schema; open it again",
+                new_generation=info.generation,
+            )
+        return info
 
     def list_groups(self) -> list[str]:
         """Group names, in config order."""

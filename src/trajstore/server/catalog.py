@@ -38,6 +38,7 @@ class RunSummary:
         metadata_json: The user's metadata.
         created: Creation time (Unix seconds), if recorded.
         actual_steps: Steps the writer reported.
+        generation: The run's version (see ``RunFileReader.generation``).
         size_bytes: Size of the file.
         updated: Last modification of the file (Unix seconds).
         problem: Why the run cannot be read ('' if it can): its file is
@@ -49,6 +50,7 @@ class RunSummary:
     metadata_json: str = ""
     created: float | None = None
     actual_steps: int = 0
+    generation: int = 0
     size_bytes: int = 0
     updated: float = 0.0
     problem: str = ""
@@ -136,6 +138,7 @@ class RunCatalog:
                     metadata_json=spec.metadata_json,
                     created=reader.created,
                     actual_steps=reader.actual_steps,
+                    generation=reader.generation(),
                     size_bytes=size,
                     updated=updated,
                 )

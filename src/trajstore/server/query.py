@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import threading
@@ -73,20 +74,82 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
 
     # ------------------------------------------------------------- listing
 
-    def _frames(self, reader: RunFileReader, session: WriterSession | None) -> list[int]:
+    def _frames(
+        self, reader: RunFileReader, session: WriterSession | None
+    ) -> tuple[list[int], int]:
+        """Frames per group that reads see, and their generation, taken together."""
         if session is not None and not session.closed:
-            return list(session.ack.frames)
-        return [reader.frames(i) for i in range(len(reader.spec.groups))]
+            ack, generation = session.view()
+            return list(ack.frames), generation
+        frames = [reader.frames(i) for i in range(len(reader.spec.groups))]
+        return frames, reader.generation()
 
-    def _group_frames(self, reader: RunFileReader, run: str, group: int) -> int:
-        """Frames of a group that reads see: those acknowledged to its writer, if any."""
+    def _view(self, reader: RunFileReader, run: str, group: int) -> tuple[int, int]:
+        """Frames of a group that reads see, and the generation they belong to, taken together.
+
+        With a writer, the frames acknowledged to it.
+        """
         session = self.registry.session_for(run)
         if session is not None and not session.closed:
-            return session.ack.frames[group]
+            ack, generation = session.view()
+            return ack.frames[group], generation
         # Without a writer the count is kept with the handle: a writer opening
         # the run waits for the reads holding this handle, then drops it
         # (RunFiles.writing), so the count cannot change under its copy.
-        return reader.frames(group, cached=not self.registry.is_open(run))
+        cached = not self.registry.is_open(run)
+        return reader.frames(group, cached=cached), reader.generation(cached=cached)
+
+    @contextlib.contextmanager
+    def _pinned(
+        self, reader: RunFileReader, run: str, group: int, generation: int
+    ) -> Iterator[int]:
+        """The frames a read of ``group`` sees, if the run is at ``generation`` (0: any).
+
+        Checked again when the read ends (its frames may have been rewritten
+        while it read them): :class:`RunChangedError` then too.
+        """
+        expected = generation or None
+        frames, now = self._view(reader, run, group)
+        self._pin(reader, run, group, expected, now)
+        try:
+            yield frames
+        except errors.FailedPreconditionError:  # raced a rewrite: say why, if it changed
+            self._pin(reader, run, group, expected, self._view(reader, run, group)[1])
+            raise
+        self._pin(reader, run, group, expected, self._view(reader, run, group)[1])
+
+    def _pin(
+        self, reader: RunFileReader, run: str, group: int, expected: int | None, now: int
+    ) -> int:
+        """``now`` if reads of ``group`` pinned to generation ``expected`` may go on.
+
+        They may if ``expected`` is ``None`` (any) or ``now``, or if the run's
+        writer went from ``expected`` to ``now`` without rewriting this group's
+        frames.
+
+        Raises:
+            RunChangedError: The run was replaced, or this group rewound since.
+        """
+        if expected is None or expected == now:
+            return now
+        session = self.registry.session_for(run)
+        known, first = (False, None)
+        if session is not None:
+            known, first = session.rewound_since(expected, group)
+            if known and first is None:
+                return now  # other groups were rewritten; this one's frames are the same
+        name = reader.spec.groups[group].name
+        where = (
+            f"{name} differs from frame {first} on"
+            if first is not None
+            else "it was replaced or rewound (from which frame is not known here)"
+        )
+        raise errors.RunChangedError(
+            f"run {run!r} changed while it was read: generation {expected} is now {now}; {where}",
+            old_generation=expected,
+            new_generation=now,
+            rewind_frame=first,
+        )
 
     def _info(self, run: str, summary: RunSummary) -> qpb.RunInfo:
         if summary.problem:
@@ -97,8 +160,10 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             state = qpb.RUN_STATE_CLOSED
         frames: Sequence[int] = summary.frames
         session = self.registry.session_for(run)
+        generation = summary.generation
         if session is not None and not session.closed:
-            frames = session.ack.frames
+            ack, generation = session.view()
+            frames = ack.frames
         return qpb.RunInfo(
             name=run,
             state=state,
@@ -112,6 +177,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             updated_unix=summary.updated,
             actual_steps=summary.actual_steps,
             problem=summary.problem,
+            generation=generation,
         )
 
     @typed_errors
@@ -195,9 +261,13 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             self.registry.metrics.read_requests.inc()
         try:
             index = wire.index_from_proto(request.index, request.index_is_tuple)
-            with self.files.reading(request.run) as reader:
+            with (
+                self.files.reading(request.run) as reader,
+                self._pinned(
+                    reader, request.run, reader.group_index(request.group), request.generation
+                ) as frames,
+            ):
                 group = reader.group_index(request.group)
-                frames = self._group_frames(reader, request.run, group)
                 leaves = self._leaves(reader, group, request.leaves)
                 plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
                 yield qpb.ReadResponse(
@@ -231,9 +301,13 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
         index = wire.index_from_proto(read.index, read.index_is_tuple)
-        with self.files.reading(read.run) as reader:
+        with (
+            self.files.reading(read.run) as reader,
+            self._pinned(
+                reader, read.run, reader.group_index(read.group), read.generation
+            ) as frames,
+        ):
             group = reader.group_index(read.group)
-            frames = self._group_frames(reader, read.run, group)
             leaves = self._leaves(reader, group, read.leaves)
             plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
             total = self._result_bytes(reader, group, leaves, plans)
@@ -294,17 +368,36 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             frame_bytes = max(sum(spec.leaves[i].frame_nbytes for i in leaves), 1)
             per_batch = max(1, self.read_chunk_bytes // frame_bytes)
             next_frame = request.start
+            # The generation followed: checked before and after every batch read.
+            pinned: int | None = request.generation or None
             while context.is_active():
                 session = self.registry.session_for(request.run)
                 acked = session.ack if session is not None else None
                 # A batch is read under the run's handle and sent after it is let go:
                 # a slow follower never keeps a writer from reopening the run.
                 with self.files.reading(request.run) as reader:
-                    available = self._group_frames(reader, request.run, group)
+                    if reader.spec.groups[group : group + 1] != (spec,):
+                        now = self._frames(reader, self.registry.session_for(request.run))[1]
+                        raise errors.RunChangedError(
+                            f"run {request.run!r} was replaced by one with other groups",
+                            old_generation=pinned or 0,
+                            new_generation=now,
+                        )
+                    available, now = self._view(reader, request.run, group)
+                    pinned = self._follow_pin(reader, request.run, group, pinned, now, next_frame)
                     count = min(per_batch, available - next_frame)
                     if count > 0:
                         batch = slice(next_frame, next_frame + count)
-                        pieces = reader.read(group, leaves, batch, frames=available)
+                        try:
+                            pieces = reader.read(group, leaves, batch, frames=available)
+                        except errors.FailedPreconditionError:  # raced a rewrite: why?
+                            now = self._view(reader, request.run, group)[1]
+                            self._follow_pin(reader, request.run, group, pinned, now, batch.stop)
+                            raise
+                        now = self._view(reader, request.run, group)[1]
+                        pinned = self._follow_pin(
+                            reader, request.run, group, pinned, now, batch.stop
+                        )
                 if count > 0:
                     yield from self._follow_parts(next_frame, count, pieces)
                     next_frame += count
@@ -314,6 +407,27 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
         except Exception as e:
             abort_with(context, e)
+
+    def _follow_pin(
+        self,
+        reader: RunFileReader,
+        run: str,
+        group: int,
+        pinned: int | None,
+        now: int,
+        seen_until: int,
+    ) -> int:
+        """:meth:`_pin` for a follower that has frames up to ``seen_until`` (excluded).
+
+        A rewind at or past them changes nothing the follower has: it goes on
+        with the new generation.
+        """
+        try:
+            return self._pin(reader, run, group, pinned, now)
+        except errors.RunChangedError as e:
+            if e.rewind_frame is not None and e.rewind_frame >= seen_until:
+                return now
+            raise
 
     def _follow_parts(
         self, first: int, count: int, pieces: Sequence[np.ndarray]

@@ -94,6 +94,9 @@ class WriterSession:
     writer: BackgroundWriter
     max_block_bytes: int
     metrics: Metrics | None = None
+    #: A writer reconnecting (it names its earlier session): the frames it
+    #: rewrites are resent, the same as before, so the run's generation stays.
+    resend: bool = False
     last_active: float = field(default_factory=time.monotonic)
     ack: Ack = Ack(0, ())
     closed: bool = False
@@ -104,11 +107,17 @@ class WriterSession:
     _assembly: _Assembly | None = None
     _rewinds: list[tuple[int, int, int]] = field(default_factory=list)  # (block, group, start)
     _submitting: int = 0  # blocks being handed to the writer (it may wait for room)
+    #: The run's generation as readers see it (with ``ack``); see :meth:`rewound_since`.
+    generation: int = 0
+    _first_generation: int = 0
+    _generations: list[tuple[int, int, int]] = field(default_factory=list)  # (to, group, start)
 
     def __post_init__(self) -> None:
         self._next_frame = [0] * len(self.spec.groups)
         self._frame_bytes = [g.frame_nbytes for g in self.spec.groups]
         self.ack = Ack(0, tuple(self.writer.durable_frames))
+        self.generation = self._first_generation = self.writer.file.generation
+        self.writer.file.announce_generation(self.generation)  # rewrites take ours
 
     def touch(self) -> None:
         """Note activity (keeps the lease)."""
@@ -141,6 +150,30 @@ class WriterSession:
         if self.metrics is not None:
             self.metrics.acknowledgements.inc()
             self.metrics.flush_seconds.observe(self.writer.last_flush_seconds)
+
+    def view(self) -> tuple[Ack, int]:
+        """The frames readers see now and the generation they belong to, taken together."""
+        with self._changed:
+            return self.ack, self.generation
+
+    def rewound_since(self, generation: int, group: int) -> tuple[bool, int | None]:
+        """Whether ``generation`` is one this session went through, and where ``group`` rewound.
+
+        Returns ``(known, first)``: ``known`` is false for a generation this
+        session never showed (an earlier version of the run); else ``first``
+        is the lowest frame of ``group`` rewritten since ``generation``, or
+        ``None`` if the group's frames did not change since.
+        """
+        with self._changed:
+            if generation == self._first_generation:
+                since = 0
+            else:
+                later = [i for i, (to, _, _) in enumerate(self._generations) if to == generation]
+                if not later:
+                    return False, None
+                since = later[0] + 1
+            starts = [start for _, g, start in self._generations[since:] if g == group]
+        return True, min(starts) if starts else None
 
     def wait_for_ack(self, after: Ack, timeout: float, stop: Callable[[], bool]) -> Ack:
         """Wait up to ``timeout`` s for an acknowledgement other than ``after``, or ``stop()``."""
@@ -260,6 +293,10 @@ class WriterSession:
                 visible = list(self.ack.frames)
                 visible[header.group] = header.start
                 self.ack = Ack(self.ack.block, tuple(visible))
+                if not self.resend:  # new frames replace stored ones: a new version
+                    self.generation += 1
+                    self._generations.append((self.generation, header.group, header.start))
+                    self.writer.file.announce_generation(self.generation)
         if self.metrics is not None:
             self.metrics.frames_received.inc(header.count)
             self.metrics.bytes_received.inc(len(payload))
@@ -362,7 +399,9 @@ class RunRegistry:
             if expired is not None:
                 why = "taken over" if expired.id == takeover else "lease expired"
                 self._close_forgotten(expired, why)
-            session = self._create(run, path, mode, spec, deadline - time.monotonic())
+            session = self._create(
+                run, path, mode, spec, deadline - time.monotonic(), resend=bool(takeover)
+            )
             with self._lock:
                 stopping = self._stopping
                 if not stopping:
@@ -382,7 +421,7 @@ class RunRegistry:
             raise UnavailableError("the store is shutting down; try again (another store)")
 
     def _create(
-        self, run: str, path: Path, mode: OpenMode, spec: RunSpec, wait: float
+        self, run: str, path: Path, mode: OpenMode, spec: RunSpec, wait: float, *, resend: bool
     ) -> WriterSession:
         """Open the run's file (waiting up to ``wait`` s for reads of it to end)."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +450,7 @@ class RunRegistry:
             writer=writer,
             max_block_bytes=self.config.limits.max_frame_bytes,
             metrics=self.metrics,
+            resend=resend,
         )
         holder.append(session)
         return session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,7 +23,11 @@ def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
     if not isinstance(error, errors.TrajstoreError):
         log.exception("unexpected error", exc_info=error)
         error = errors.StorageError(f"internal server error: {error!r}")
-    context.set_trailing_metadata(((wire.ERROR_CLASS_KEY, type(error).__name__),))
+    trailing = [(wire.ERROR_CLASS_KEY, type(error).__name__)]
+    fields = error.wire_fields()
+    if fields:
+        trailing.append((wire.ERROR_FIELDS_KEY, json.dumps(fields)))
+    context.set_trailing_metadata(tuple(trailing))
     context.abort(wire.status_code(error), str(error))
 
 

@@ -3,7 +3,9 @@
 One HDF5 file per run. Root attributes: ``group_names`` (JSON list),
 ``actual_steps``, ``trajstore_format``, ``metadata`` (JSON object),
 ``config_structure`` (JSON), ``total_steps`` (the writer's hint, ``-1`` if
-none) and ``created`` (Unix time). One HDF5 group per logging group, holding one dataset per leaf
+none), ``created`` (Unix time) and ``generation`` (the version of the run:
+see :func:`new_generation`; files written before it read as ``0``). One
+HDF5 group per logging group, holding one dataset per leaf
 (``"array" + keystr(leaf path)``) and the attributes ``spec`` (the
 :class:`~trajstore.schema.GroupSpec` as JSON), ``paths`` (dataset names in
 leaf order, as kUPS writes them) and ``frames`` (frames written).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from typing import Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "batch_frames",
     "chunk_shape",
     "dataset_kwargs",
+    "new_generation",
     "run_attrs",
 ]
 
@@ -50,6 +54,7 @@ ATTR_METADATA = "metadata"
 ATTR_CONFIG_STRUCTURE = "config_structure"
 ATTR_TOTAL_STEPS = "total_steps"
 ATTR_CREATED = "created"
+ATTR_GENERATION = "generation"
 ATTR_GROUP_SPEC = "spec"
 ATTR_PATHS = "paths"
 ATTR_FRAMES = "frames"
@@ -129,6 +134,19 @@ def dataset_kwargs(leaf: LeafSpec, group: GroupSpec) -> dict[str, Any]:
     return kwargs
 
 
+def new_generation() -> int:
+    """A fresh generation for a new or overwritten run.
+
+    A run's generation names one version of its frames: it is new whenever
+    the run is created or overwritten (random, so an overwritten run never
+    takes back an earlier value), and goes up by one whenever a writer
+    rewrites frames already stored (a restart from a checkpoint). Readers
+    that span calls check it to never join frames of two versions. ``0``
+    stands for "unknown" (a file written before generations).
+    """
+    return secrets.randbits(62) + 1
+
+
 def run_attrs(spec: RunSpec) -> dict[str, Any]:
     """Root attributes of a new run file."""
     return {
@@ -139,4 +157,5 @@ def run_attrs(spec: RunSpec) -> dict[str, Any]:
         ATTR_CONFIG_STRUCTURE: json.dumps(spec.config_structure),
         ATTR_TOTAL_STEPS: -1 if spec.total_steps is None else spec.total_steps,
         ATTR_CREATED: time.time(),
+        ATTR_GENERATION: new_generation(),
     }

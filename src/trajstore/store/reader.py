@@ -51,6 +51,7 @@ class RunFileReader:
         self._groups: dict[int, h5py.Group] = {}
         self._datasets: dict[tuple[int, int], h5py.Dataset] = {}
         self._frames_cache: dict[int, int] = {}
+        self._generation_cache: int | None = None
 
     def _read_spec(self) -> RunSpec:
         attrs = self._file.attrs
@@ -96,6 +97,22 @@ class RunFileReader:
         """When the run was created (Unix time), if the file records it."""
         value = self._file.attrs.get(layout.ATTR_CREATED)
         return None if value is None else float(value)
+
+    def generation(self, *, cached: bool = False) -> int:
+        """The run's version (:func:`~trajstore.store.layout.new_generation`); ``0``: unknown.
+
+        Args:
+            cached: Reuse the value read by an earlier call with ``cached``
+                (as for :meth:`frames`).
+        """
+        if cached and self._generation_cache is not None:
+            return self._generation_cache
+        self._check_open()
+        value = self._file.attrs.get(layout.ATTR_GENERATION)
+        generation = 0 if value is None else int(value)
+        if cached:
+            self._generation_cache = generation
+        return generation
 
     @property
     def actual_steps(self) -> int:

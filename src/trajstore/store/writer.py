@@ -300,6 +300,9 @@ class RunFileWriter:
         except OSError as e:
             raise StorageError(f"cannot open {self.path} for writing: {e}") from e
         self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
+        #: The run's version (see :func:`~trajstore.store.layout.new_generation`).
+        self.generation = int(self._file.attrs.get(layout.ATTR_GENERATION, 0))
+        self._announced: int | None = None  # see announce_generation
         # The counts in the file, and the lowest frame each group rewrote since
         # the last begin_flush (that flush's data sync does not cover it).
         self._published = [g.frames for g in self.groups]
@@ -421,7 +424,9 @@ class RunFileWriter:
         A block that rewrites frames already counted in the file (a resend
         after a reconnect, a restart from a checkpoint) first lowers the
         count to ``start`` and makes that durable: the file never counts a
-        frame while it is being replaced, or after its group shrank.
+        frame while it is being replaced, or after its group shrank. With
+        the lowered count it records the run's new generation (one more,
+        or the one announced: :meth:`announce_generation`).
         """
         group = self.groups[group_index]
         check_room(self.path, sum(leaf.nbytes for leaf in leaves))
@@ -429,6 +434,7 @@ class RunFileWriter:
             self._rewritten[group_index] = min(self._rewritten.get(group_index, start), start)
         try:
             if start < self._published[group_index]:
+                self._rewind_generation()
                 self._write_count(group_index, start)
                 self._file.flush()
                 self.sync()
@@ -436,6 +442,26 @@ class RunFileWriter:
         except OSError as e:
             raise self._io_failure(f"writing {group.spec.name} of {self.path}", e) from e
         self._dirty.add(group_index)
+
+    def announce_generation(self, generation: int) -> None:
+        """Rewrites record ``generation`` (at least) instead of one more each.
+
+        For a caller that shows the run to readers itself (the store's writer
+        session): it picks the generation when it hides the frames a block
+        will rewrite, before the block reaches this writer, and announces it
+        here. From the first call on, a rewrite records the highest
+        generation announced and never counts up by itself, so a resend
+        (announced nothing new) keeps the generation. Safe from any thread.
+        """
+        self._announced = generation
+
+    def _rewind_generation(self) -> None:
+        """Record the generation of a rewrite (reaches the OS with the next HDF5 flush)."""
+        announced = self._announced
+        new = self.generation + 1 if announced is None else max(self.generation, announced)
+        if new != self.generation:
+            self._file.attrs[layout.ATTR_GENERATION] = np.int64(new)
+            self.generation = new
 
     def set_actual_steps(self, actual_steps: int) -> None:
         """Record the number of steps the simulation ran (written at the next flush).

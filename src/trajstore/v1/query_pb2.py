@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from trajstore.v1 import ingest_pb2 as trajstore_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18trajstore/v1/query.proto\x12\x0ctrajstore.v1\x1a\x19trajstore/v1/ingest.proto\"+\n\x0bGroupStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x03\"\xe7\x01\n\x07RunInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.trajstore.v1.RunState\x12)\n\x06groups\x18\x03 \x03(\x0b\x32\x19.trajstore.v1.GroupStatus\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x06 \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x07 \x01(\x01\x12\x14\n\x0c\x61\x63tual_steps\x18\x08 \x01(\x03\x12\x0f\n\x07problem\x18\t \x01(\t\"H\n\x0fListRunsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x10ListRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.trajstore.v1.RunInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x12\x44\x65scribeRunRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\"c\n\x13\x44\x65scribeRunResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.trajstore.v1.RunInfo\x12\'\n\x06schema\x18\x02 \x01(\x0b\x32\x17.trajstore.v1.RunSchema\"]\n\x05Slice\x12\x12\n\x05start\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04stop\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\x04step\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_startB\x07\n\x05_stopB\x07\n\x05_step\"e\n\x0eIndexComponent\x12\x11\n\x07integer\x18\x01 \x01(\x03H\x00\x12$\n\x05slice\x18\x02 \x01(\x0b\x32\x13.trajstore.v1.SliceH\x00\x12\x12\n\x08\x65llipsis\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"~\n\x0bReadRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06leaves\x18\x03 \x03(\r\x12+\n\x05index\x18\x04 \x03(\x0b\x32\x1c.trajstore.v1.IndexComponent\x12\x16\n\x0eindex_is_tuple\x18\x05 \x01(\x08\"+\n\nLeafResult\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0e\n\x06scalar\x18\x02 \x01(\x08\"e\n\x0cReadResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04leaf\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\x0c\x46\x65tchRequest\x12\'\n\x04read\x18\x01 \x01(\x0b\x32\x19.trajstore.v1.ReadRequest\"H\n\rFetchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x0c\"=\n\x12\x46\x65tchStreamRequest\x12\'\n\x04read\x18\x01 \x01(\x0b\x32\x19.trajstore.v1.ReadRequest\"N\n\x13\x46\x65tchStreamResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x0c\"J\n\rFollowRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06leaves\x18\x03 \x03(\r\x12\r\n\x05start\x18\x04 \x01(\x03\"o\n\x0e\x46ollowResponse\x12\r\n\x05start\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04leaf\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04*f\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_STATE_OPEN\x10\x01\x12\x14\n\x10RUN_STATE_CLOSED\x10\x02\x12\x15\n\x11RUN_STATE_DAMAGED\x10\x03\x32\xcf\x03\n\x0cQueryService\x12I\n\x08ListRuns\x12\x1d.trajstore.v1.ListRunsRequest\x1a\x1e.trajstore.v1.ListRunsResponse\x12R\n\x0b\x44\x65scribeRun\x12 .trajstore.v1.DescribeRunRequest\x1a!.trajstore.v1.DescribeRunResponse\x12?\n\x04Read\x12\x19.trajstore.v1.ReadRequest\x1a\x1a.trajstore.v1.ReadResponse0\x01\x12@\n\x05\x46\x65tch\x12\x1a.trajstore.v1.FetchRequest\x1a\x1b.trajstore.v1.FetchResponse\x12V\n\x0b\x46\x65tchStream\x12 .trajstore.v1.FetchStreamRequest\x1a!.trajstore.v1.FetchStreamResponse(\x01\x30\x01\x12\x45\n\x06\x46ollow\x12\x1b.trajstore.v1.FollowRequest\x1a\x1c.trajstore.v1.FollowResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18trajstore/v1/query.proto\x12\x0ctrajstore.v1\x1a\x19trajstore/v1/ingest.proto\"+\n\x0bGroupStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x03\"\xfb\x01\n\x07RunInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.trajstore.v1.RunState\x12)\n\x06groups\x18\x03 \x03(\x0b\x32\x19.trajstore.v1.GroupStatus\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x06 \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x07 \x01(\x01\x12\x14\n\x0c\x61\x63tual_steps\x18\x08 \x01(\x03\x12\x0f\n\x07problem\x18\t \x01(\t\x12\x12\n\ngeneration\x18\n \x01(\x03\"H\n\x0fListRunsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x10ListRunsResponse\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.trajstore.v1.RunInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x12\x44\x65scribeRunRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\"c\n\x13\x44\x65scribeRunResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.trajstore.v1.RunInfo\x12\'\n\x06schema\x18\x02 \x01(\x0b\x32\x17.trajstore.v1.RunSchema\"]\n\x05Slice\x12\x12\n\x05start\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04stop\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\x04step\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_startB\x07\n\x05_stopB\x07\n\x05_step\"e\n\x0eIndexComponent\x12\x11\n\x07integer\x18\x01 \x01(\x03H\x00\x12$\n\x05slice\x18\x02 \x01(\x0b\x32\x13.trajstore.v1.SliceH\x00\x12\x12\n\x08\x65llipsis\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\x92\x01\n\x0bReadRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06leaves\x18\x03 \x03(\r\x12+\n\x05index\x18\x04 \x03(\x0b\x32\x1c.trajstore.v1.IndexComponent\x12\x16\n\x0eindex_is_tuple\x18\x05 \x01(\x08\x12\x12\n\ngeneration\x18\x06 \x01(\x03\"+\n\nLeafResult\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0e\n\x06scalar\x18\x02 \x01(\x08\"e\n\x0cReadResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04leaf\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\x0c\x46\x65tchRequest\x12\'\n\x04read\x18\x01 \x01(\x0b\x32\x19.trajstore.v1.ReadRequest\"H\n\rFetchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x0c\"=\n\x12\x46\x65tchStreamRequest\x12\'\n\x04read\x18\x01 \x01(\x0b\x32\x19.trajstore.v1.ReadRequest\"N\n\x13\x46\x65tchStreamResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.trajstore.v1.LeafResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x0c\"^\n\rFollowRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06leaves\x18\x03 \x03(\r\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x03\"o\n\x0e\x46ollowResponse\x12\r\n\x05start\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04leaf\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04*f\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_STATE_OPEN\x10\x01\x12\x14\n\x10RUN_STATE_CLOSED\x10\x02\x12\x15\n\x11RUN_STATE_DAMAGED\x10\x03\x32\xcf\x03\n\x0cQueryService\x12I\n\x08ListRuns\x12\x1d.trajstore.v1.ListRunsRequest\x1a\x1e.trajstore.v1.ListRunsResponse\x12R\n\x0b\x44\x65scribeRun\x12 .trajstore.v1.DescribeRunRequest\x1a!.trajstore.v1.DescribeRunResponse\x12?\n\x04Read\x12\x19.trajstore.v1.ReadRequest\x1a\x1a.trajstore.v1.ReadResponse0\x01\x12@\n\x05\x46\x65tch\x12\x1a.trajstore.v1.FetchRequest\x1a\x1b.trajstore.v1.FetchResponse\x12V\n\x0b\x46\x65tchStream\x12 .trajstore.v1.FetchStreamRequest\x1a!.trajstore.v1.FetchStreamResponse(\x01\x30\x01\x12\x45\n\x06\x46ollow\x12\x1b.trajstore.v1.FollowRequest\x1a\x1c.trajstore.v1.FollowResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trajstore.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=1577
-  _globals['_RUNSTATE']._serialized_end=1679
+  _globals['_RUNSTATE']._serialized_start=1638
+  _globals['_RUNSTATE']._serialized_end=1740
   _globals['_GROUPSTATUS']._serialized_start=69
   _globals['_GROUPSTATUS']._serialized_end=112
   _globals['_RUNINFO']._serialized_start=115
-  _globals['_RUNINFO']._serialized_end=346
-  _globals['_LISTRUNSREQUEST']._serialized_start=348
-  _globals['_LISTRUNSREQUEST']._serialized_end=420
-  _globals['_LISTRUNSRESPONSE']._serialized_start=422
-  _globals['_LISTRUNSRESPONSE']._serialized_end=502
-  _globals['_DESCRIBERUNREQUEST']._serialized_start=504
-  _globals['_DESCRIBERUNREQUEST']._serialized_end=537
-  _globals['_DESCRIBERUNRESPONSE']._serialized_start=539
-  _globals['_DESCRIBERUNRESPONSE']._serialized_end=638
-  _globals['_SLICE']._serialized_start=640
-  _globals['_SLICE']._serialized_end=733
-  _globals['_INDEXCOMPONENT']._serialized_start=735
-  _globals['_INDEXCOMPONENT']._serialized_end=836
-  _globals['_READREQUEST']._serialized_start=838
-  _globals['_READREQUEST']._serialized_end=964
-  _globals['_LEAFRESULT']._serialized_start=966
-  _globals['_LEAFRESULT']._serialized_end=1009
-  _globals['_READRESPONSE']._serialized_start=1011
-  _globals['_READRESPONSE']._serialized_end=1112
-  _globals['_FETCHREQUEST']._serialized_start=1114
-  _globals['_FETCHREQUEST']._serialized_end=1169
-  _globals['_FETCHRESPONSE']._serialized_start=1171
-  _globals['_FETCHRESPONSE']._serialized_end=1243
-  _globals['_FETCHSTREAMREQUEST']._serialized_start=1245
-  _globals['_FETCHSTREAMREQUEST']._serialized_end=1306
-  _globals['_FETCHSTREAMRESPONSE']._serialized_start=1308
-  _globals['_FETCHSTREAMRESPONSE']._serialized_end=1386
-  _globals['_FOLLOWREQUEST']._serialized_start=1388
-  _globals['_FOLLOWREQUEST']._serialized_end=1462
-  _globals['_FOLLOWRESPONSE']._serialized_start=1464
-  _globals['_FOLLOWRESPONSE']._serialized_end=1575
-  _globals['_QUERYSERVICE']._serialized_start=1682
-  _globals['_QUERYSERVICE']._serialized_end=2145
+  _globals['_RUNINFO']._serialized_end=366
+  _globals['_LISTRUNSREQUEST']._serialized_start=368
+  _globals['_LISTRUNSREQUEST']._serialized_end=440
+  _globals['_LISTRUNSRESPONSE']._serialized_start=442
+  _globals['_LISTRUNSRESPONSE']._serialized_end=522
+  _globals['_DESCRIBERUNREQUEST']._serialized_start=524
+  _globals['_DESCRIBERUNREQUEST']._serialized_end=557
+  _globals['_DESCRIBERUNRESPONSE']._serialized_start=559
+  _globals['_DESCRIBERUNRESPONSE']._serialized_end=658
+  _globals['_SLICE']._serialized_start=660
+  _globals['_SLICE']._serialized_end=753
+  _globals['_INDEXCOMPONENT']._serialized_start=755
+  _globals['_INDEXCOMPONENT']._serialized_end=856
+  _globals['_READREQUEST']._serialized_start=859
+  _globals['_READREQUEST']._serialized_end=1005
+  _globals['_LEAFRESULT']._serialized_start=1007
+  _globals['_LEAFRESULT']._serialized_end=1050
+  _globals['_READRESPONSE']._serialized_start=1052
+  _globals['_READRESPONSE']._serialized_end=1153
+  _globals['_FETCHREQUEST']._serialized_start=1155
+  _globals['_FETCHREQUEST']._serialized_end=1210
+  _globals['_FETCHRESPONSE']._serialized_start=1212
+  _globals['_FETCHRESPONSE']._serialized_end=1284
+  _globals['_FETCHSTREAMREQUEST']._serialized_start=1286
+  _globals['_FETCHSTREAMREQUEST']._serialized_end=1347
+  _globals['_FETCHSTREAMRESPONSE']._serialized_start=1349
+  _globals['_FETCHSTREAMRESPONSE']._serialized_end=1427
+  _globals['_FOLLOWREQUEST']._serialized_start=1429
+  _globals['_FOLLOWREQUEST']._serialized_end=1523
+  _globals['_FOLLOWRESPONSE']._serialized_start=1525
+  _globals['_FOLLOWRESPONSE']._serialized_end=1636
+  _globals['_QUERYSERVICE']._serialized_start=1743
+  _globals['_QUERYSERVICE']._serialized_end=2206
 # @@protoc_insertion_point(module_scope)

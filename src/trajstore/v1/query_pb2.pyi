@@ -28,7 +28,7 @@ class GroupStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("name", "state", "groups", "size_bytes", "metadata_json", "created_unix", "updated_unix", "actual_steps", "problem")
+    __slots__ = ("name", "state", "groups", "size_bytes", "metadata_json", "created_unix", "updated_unix", "actual_steps", "problem", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class RunInfo(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: RunState
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
@@ -47,7 +48,8 @@ class RunInfo(_message.Message):
     updated_unix: float
     actual_steps: int
     problem: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., actual_steps: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., actual_steps: _Optional[int] = ..., problem: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("prefix", "page_size", "page_token")
@@ -102,18 +104,20 @@ class IndexComponent(_message.Message):
     def __init__(self, integer: _Optional[int] = ..., slice: _Optional[_Union[Slice, _Mapping]] = ..., ellipsis: _Optional[bool] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("run", "group", "leaves", "index", "index_is_tuple")
+    __slots__ = ("run", "group", "leaves", "index", "index_is_tuple", "generation")
     RUN_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LEAVES_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INDEX_IS_TUPLE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     run: str
     group: str
     leaves: _containers.RepeatedScalarFieldContainer[int]
     index: _containers.RepeatedCompositeFieldContainer[IndexComponent]
     index_is_tuple: bool
-    def __init__(self, run: _Optional[str] = ..., group: _Optional[str] = ..., leaves: _Optional[_Iterable[int]] = ..., index: _Optional[_Iterable[_Union[IndexComponent, _Mapping]]] = ..., index_is_tuple: _Optional[bool] = ...) -> None: ...
+    generation: int
+    def __init__(self, run: _Optional[str] = ..., group: _Optional[str] = ..., leaves: _Optional[_Iterable[int]] = ..., index: _Optional[_Iterable[_Union[IndexComponent, _Mapping]]] = ..., index_is_tuple: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class LeafResult(_message.Message):
     __slots__ = ("shape", "scalar")
@@ -164,16 +168,18 @@ class FetchStreamResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[LeafResult, _Mapping]]] = ..., data: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class FollowRequest(_message.Message):
-    __slots__ = ("run", "group", "leaves", "start")
+    __slots__ = ("run", "group", "leaves", "start", "generation")
     RUN_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LEAVES_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     run: str
     group: str
     leaves: _containers.RepeatedScalarFieldContainer[int]
     start: int
-    def __init__(self, run: _Optional[str] = ..., group: _Optional[str] = ..., leaves: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, run: _Optional[str] = ..., group: _Optional[str] = ..., leaves: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class FollowResponse(_message.Message):
     __slots__ = ("start", "count", "leaf", "offset", "data", "total_bytes")
