@@ -365,8 +365,11 @@ def test_a_run_file_holding_too_much_is_a_schema_error_of_that_run_only(store, c
         RunFileReader(path)
     run = f"damaged/{name}"
     before = snapshot(store.data_dir)
-    listed = [r.name for r in store.query.ListRuns(qpb.ListRunsRequest(), timeout=30).runs]
-    assert closed_run in listed and run not in listed  # the other runs are still listed
+    listed = {r.name: r for r in store.query.ListRuns(qpb.ListRunsRequest(), timeout=30).runs}
+    assert closed_run in listed  # the other runs are still listed ...
+    assert listed[closed_run].state == qpb.RUN_STATE_CLOSED
+    assert listed[run].state == qpb.RUN_STATE_DAMAGED  # ... and this one with its problem
+    assert listed[run].problem
     read = qpb.ReadRequest(run=run, group="group", index_is_tuple=True)
     for call in (
         lambda: store.query.DescribeRun(qpb.DescribeRunRequest(run=run), timeout=30),

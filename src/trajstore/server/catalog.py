@@ -146,7 +146,8 @@ class RunCatalog:
             raise
         except Exception as e:  # one bad run never fails a listing of the others
             log.warning("run %s cannot be read: %r", name, e)
-            problem = str(e) if isinstance(e, errors.TrajstoreError) else repr(e)
+            # Anything else HDF5 raised reading a file that opened: its insides are damaged.
+            problem = str(e) if isinstance(e, errors.TrajstoreError) else f"damaged: {e}"
             return RunSummary(size_bytes=size, updated=updated, problem=problem)
 
     def iter_summaries(self, names: list[str]) -> Iterator[tuple[str, RunSummary]]:

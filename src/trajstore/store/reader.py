@@ -18,8 +18,10 @@ from trajstore.errors import (
     FrameIndexError,
     GroupNotFoundError,
     NotOpenError,
+    RunDamagedError,
     SchemaError,
     StorageError,
+    TrajstoreError,
 )
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store import layout
@@ -43,6 +45,12 @@ class RunFileReader:
         self._file = open_for_reading(self.path)
         try:
             self.spec = self._read_spec()
+        except TrajstoreError:
+            self._file.close()
+            raise
+        except Exception as e:  # HDF5 failed to read metadata of a file that opened
+            self._file.close()
+            raise RunDamagedError(f"{self.path} is damaged: {e}") from e
         except BaseException:
             self._file.close()
             raise
