@@ -161,7 +161,10 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=None,
     show_envvar=True,
-    help="Read calls one client host may have open at once [default: half the read share].",
+    help=(
+        "Read calls one client host may have open at once "
+        "[default: the whole read share, i.e. no cap of its own]."
+    ),
 )
 @click.option(
     "--idle-stream-seconds",

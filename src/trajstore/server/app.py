@@ -227,7 +227,7 @@ def serve(
         write_workers: Of those, the threads reserved for ingest calls
             (default: all but a quarter).
         max_reads_per_peer: Read calls one client host may have open
-            (default: half the read share).
+            (default: the whole read share).
         idle_stream_seconds: A read call waiting this long on its client is ended.
         metrics_listen: ``host:port`` for a Prometheus ``/metrics`` endpoint.
         tokens: Accepted bearer tokens (see :class:`~trajstore.server.auth.Tokens`).

@@ -66,8 +66,10 @@ class ServerConfig:
             Write stream, so this bounds the writers served at once; no read
             or unauthenticated call can take them.
         max_reads_per_peer: Read calls (queries, reflection, health Watch)
-            one client host may have open at once (``None``: half the read
-            share), so that one reader cannot take the share from the others.
+            one client host may have open at once (``None``: the whole read
+            share). A cap keeps one host from taking the share from the
+            others; it is off by default because one analysis host with a
+            thread pool of readers is a common, legitimate client.
         idle_stream_seconds: A read call waiting this long on its client
             (for a request, or for the client to take a response) is ended
             with ``RESOURCE_EXHAUSTED``; ingest calls are exempt.
@@ -143,4 +145,4 @@ class ServerConfig:
         """Read calls one client host may have open at once."""
         if self.max_reads_per_peer is not None:
             return self.max_reads_per_peer
-        return max(1, self.read_share // 2)
+        return self.read_share

@@ -16,8 +16,10 @@ kind of call its own thread pool (gRPC's ``experimental_thread_pool``):
   are open (each writer holds one Write stream for its run).
 - **read**: queries, server reflection and health ``Watch``; with tokens they
   need a token of either role. One client host (peer address without its
-  port) may hold at most ``reads_per_peer`` of them, so one reader cannot
-  take the whole share from the others.
+  port) may hold at most ``reads_per_peer`` of them (by default the whole
+  share: one analysis host with many reader threads is a common client; a
+  store shared by many analysts sets it lower so one host cannot take the
+  share from the others).
 - **health**: the health service's ``Check``, the one call answered without
   a token when tokens are configured (orchestrators probe without one);
   :data:`HEALTH_WORKERS` threads of its own.
