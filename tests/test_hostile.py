@@ -309,7 +309,12 @@ def test_oversized_messages_are_refused_for_that_caller_only(hostile_store):
 
 
 def test_too_many_concurrent_calls_are_refused_for_the_extra_caller_only(tmp_path):
-    store = start_store(tmp_path / "data", "--max-workers", "3", "--shutdown-grace", "1")
+    # One thread for ingest calls, three for reads, all of which one host may use.
+    store = start_store(
+        tmp_path / "data",
+        *("--max-workers", "4", "--write-workers", "1", "--max-reads-per-peer", "3"),
+        *("--shutdown-grace", "1"),
+    )
     try:
         stub = pb_grpc.IngestServiceStub(grpc.insecure_channel(store.address))
         spec = wire.schema_to_proto(

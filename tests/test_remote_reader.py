@@ -189,7 +189,11 @@ def assert_frames_equal(got, expected):
 
 
 def test_frames_read_one_at_a_time_share_one_fetch_stream(tmp_path):
-    store = start_store(tmp_path / "data", "--max-workers", "4")  # room for one fetch stream
+    # Three read threads, one of which may serve a fetch stream; one host may use all three.
+    store = start_store(
+        tmp_path / "data",
+        *("--max-workers", "6", "--write-workers", "3", "--max-reads-per-peer", "3"),
+    )
     try:
         write(store, "run")
         with HDF5StorageReader(store.run_file("run")) as local:

@@ -135,13 +135,47 @@ def main() -> None:
 @click.option(
     "--max-workers",
     envvar="TRAJSTORE_MAX_WORKERS",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=2),
     default=64,
     show_default=True,
     show_envvar=True,
     help=(
-        "Threads serving calls (each open write stream holds one; readers' "
-        "fetch streams hold at most a quarter)."
+        "Threads serving calls, writes and reads together (each open stream holds one): "
+        "--write-workers of them only ingest calls may use, the rest serve reads."
+    ),
+)
+@click.option(
+    "--write-workers",
+    envvar="TRAJSTORE_WRITE_WORKERS",
+    type=click.IntRange(min=1),
+    default=None,
+    show_envvar=True,
+    help=(
+        "Threads of --max-workers reserved for ingest calls (each writer holds one) "
+        "[default: all but a quarter]."
+    ),
+)
+@click.option(
+    "--max-reads-per-peer",
+    envvar="TRAJSTORE_MAX_READS_PER_PEER",
+    type=click.IntRange(min=1),
+    default=None,
+    show_envvar=True,
+    help=(
+        "Read calls one client host may have open at once "
+        "[default: the whole read share, i.e. no cap of its own]."
+    ),
+)
+@click.option(
+    "--idle-stream-seconds",
+    envvar="TRAJSTORE_IDLE_STREAM_SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    show_envvar=True,
+    help=(
+        "A read call waiting this long on its client (for a request, or to take "
+        "a response) is ended; ingest calls are exempt."
     ),
 )
 @click.option(
@@ -227,6 +261,9 @@ def serve(
     max_pending_bytes: int,
     max_open_runs: int,
     max_workers: int,
+    write_workers: int | None,
+    max_reads_per_peer: int | None,
+    idle_stream_seconds: float,
     log_level: str,
     log_format: str,
     tokens_file: Path | None,
@@ -260,6 +297,9 @@ def serve(
         compress_threads=compress_threads,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
+        write_workers=write_workers,
+        max_reads_per_peer=max_reads_per_peer,
+        idle_stream_seconds=idle_stream_seconds,
         metrics_listen=metrics_listen,
         tokens=Tokens.load(tokens_file, tokens),
         tls_cert=tls_cert,

@@ -14,9 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from trajstore.server.auth import AuthInterceptor, Tokens
+from trajstore.server.auth import Tokens
 from trajstore.server.config import Limits, ServerConfig
 from trajstore.server.files import RunFiles
+from trajstore.server.gate import Budget, Gate
 from trajstore.server.ingest import IngestServicer
 from trajstore.server.metrics import Metrics, start_metrics_endpoint
 from trajstore.server.query import QueryServicer
@@ -52,20 +53,37 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     Besides trajstore's services it serves the standard gRPC health service
     (``grpc.health.v1``) and server reflection.
     """
+    server, port, registry, _gate = _build(config)
+    return server, port, registry
+
+
+def _build(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry, Gate]:
+    """:func:`create_server`, and the gate admitting its calls (to close with it)."""
     os.makedirs(config.data_dir, exist_ok=True)
     metrics = Metrics()
     registry = RunRegistry(config, RunFiles(config.data_dir), metrics)
     metrics.watch(lambda: registry.open_runs, registry.queued_bytes)
     max_message = config.limits.max_message_bytes + MESSAGE_OVERHEAD
+    gate = Gate(
+        config.tokens,
+        Budget(
+            write_workers=config.write_share,
+            read_workers=config.read_share,
+            reads_per_peer=config.reads_per_peer,
+            idle_seconds=config.idle_stream_seconds,
+        ),
+    )
+    # Every call runs on a thread pool of the gate's (its share's, or the refusals'):
+    # this one serves nothing, and gRPC's own concurrency limit is off (the gate
+    # refuses beyond each share, with a typed error naming the limit).
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rpc-unused"),
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
             *KEEPALIVE_OPTIONS,
         ],
-        maximum_concurrent_rpcs=config.max_workers,
-        interceptors=[AuthInterceptor(config.tokens)] if config.tokens else [],
+        interceptors=[gate],
     )
     add_services(
         server,
@@ -73,7 +91,7 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
         QueryServicer(
             registry,
             part_bytes=config.limits.max_message_bytes,
-            fetch_streams=max(1, config.max_workers // 4),
+            fetch_streams=max(1, config.read_share // 2),
         ),
     )
     registry.health = health.HealthServicer()
@@ -94,15 +112,24 @@ def create_server(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry]:
     else:
         port = server.add_insecure_port(config.listen)
     if port == 0:
+        gate.close()
         raise OSError(f"cannot listen on {config.listen}")
-    return server, port, registry
+    return server, port, registry, gate
 
 
 class ServerHandle:
     """A running storage server: knows its port, stops gracefully."""
 
-    def __init__(self, server: grpc.Server, port: int, registry: RunRegistry, config: ServerConfig):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        registry: RunRegistry,
+        config: ServerConfig,
+        gate: Gate | None = None,
+    ):
         self.server = server
+        self.gate = gate
         self.port = port
         self.registry = registry
         self.config = config
@@ -145,6 +172,8 @@ class ServerHandle:
             self.registry.files.close_all()
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
+            if self.gate is not None:
+                self.gate.close()
         finally:
             self._stopped.set()
         log.info("server on port %d stopped", self.port)
@@ -175,6 +204,9 @@ def serve(
     compress_threads: int | None = None,
     lease_seconds: float = 60.0,
     max_workers: int = 64,
+    write_workers: int | None = None,
+    max_reads_per_peer: int | None = None,
+    idle_stream_seconds: float = 120.0,
     metrics_listen: str | None = None,
     tokens: Tokens | None = None,
     tls_cert: str | os.PathLike[str] | None = None,
@@ -191,7 +223,12 @@ def serve(
         flush_bytes: Flush a run also once this many bytes arrived since its last flush.
         compress_threads: Threads compressing chunks (default: one per CPU).
         lease_seconds: A writer session idle this long is released.
-        max_workers: Threads serving RPCs.
+        max_workers: Threads serving calls, writes and reads together.
+        write_workers: Of those, the threads reserved for ingest calls
+            (default: all but a quarter).
+        max_reads_per_peer: Read calls one client host may have open
+            (default: the whole read share).
+        idle_stream_seconds: A read call waiting this long on its client is ended.
         metrics_listen: ``host:port`` for a Prometheus ``/metrics`` endpoint.
         tokens: Accepted bearer tokens (see :class:`~trajstore.server.auth.Tokens`).
         tls_cert: PEM certificate chain: serve TLS.
@@ -211,15 +248,18 @@ def serve(
         compress_threads=compress_threads or os.cpu_count() or 1,
         lease_seconds=lease_seconds,
         max_workers=max_workers,
+        write_workers=write_workers,
+        max_reads_per_peer=max_reads_per_peer,
+        idle_stream_seconds=idle_stream_seconds,
         metrics_listen=metrics_listen,
         tokens=tokens or Tokens({}),
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
         insecure=insecure,
     )
-    server, port, registry = create_server(config)
+    server, port, registry, gate = _build(config)
     server.start()
-    handle = ServerHandle(server, port, registry, config)
+    handle = ServerHandle(server, port, registry, config, gate)
     log.info(
         "trajstore server listening",
         extra={"port": port, "data_dir": str(config.data_dir), "metrics_port": handle.metrics_port},

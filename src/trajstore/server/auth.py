@@ -1,31 +1,26 @@
 """Access control: bearer tokens with roles, checked on every call.
 
-A ``write`` token may write and read; a ``read`` token may only read. The
-health and reflection services are open to anyone (they reveal nothing
-about the runs). Tokens come from a file or the environment, never from the
-command line's process listing if avoidable.
+A ``write`` token may write and read; a ``read`` token may only read. With
+tokens configured, only the health service's ``Check`` answers without one
+(orchestrators probe without credentials); server reflection and the health
+``Watch`` stream need a token of either role, since every call that may stay
+open takes capacity (see :mod:`trajstore.server.gate`, which applies these
+rules). Tokens come from a file or the environment, never from the command
+line's process listing if avoidable.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
+from trajstore.errors import InvalidArgumentError
 
-from trajstore.errors import (
-    InvalidArgumentError,
-    PermissionDeniedError,
-    TrajstoreError,
-    UnauthenticatedError,
-)
-from trajstore.server.status import abort_with
-
-__all__ = ["AuthInterceptor", "Role", "Tokens", "is_loopback", "required_role"]
+__all__ = ["Role", "Tokens", "bearer", "is_loopback", "required_role"]
 
 
 class Role(enum.Enum):
@@ -83,13 +78,17 @@ class Tokens:
         return found
 
 
+#: The one method that answers without a token when tokens are configured.
+OPEN_METHOD = "/grpc.health.v1.Health/Check"
+
+
 def required_role(method: str) -> Role | None:
-    """The role a gRPC method needs (``None``: open to anyone)."""
+    """The role a gRPC method needs when tokens are configured (``None``: open to anyone)."""
+    if method == OPEN_METHOD:
+        return None
     if method.startswith("/trajstore.v1.IngestService/"):
         return Role.WRITE
-    if method.startswith("/trajstore.v1."):
-        return Role.READ
-    return None
+    return Role.READ
 
 
 def is_loopback(listen: str) -> bool:
@@ -98,50 +97,9 @@ def is_loopback(listen: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _bearer(metadata: Iterable[Any]) -> str | None:
+def bearer(metadata: Iterable[Any]) -> str | None:
+    """The bearer token in a call's metadata, if any."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :]
     return None
-
-
-def _refusing(handler: grpc.RpcMethodHandler, error: TrajstoreError) -> grpc.RpcMethodHandler:
-    def refuse(_request: object, context: grpc.ServicerContext) -> Any:
-        abort_with(context, error)
-
-    kinds: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls without a token of the role their method needs."""
-
-    def __init__(self, tokens: Tokens) -> None:
-        self.tokens = tokens
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Pass the call on, or answer it with UNAUTHENTICATED / PERMISSION_DENIED."""
-        handler = continuation(details)
-        needed = required_role(details.method)
-        if handler is None or needed is None:
-            return handler
-        role = self.tokens.role_of(_bearer(details.invocation_metadata))
-        if role is None:
-            return _refusing(handler, UnauthenticatedError("missing or wrong bearer token"))
-        if needed is Role.WRITE and role is Role.READ:
-            return _refusing(handler, PermissionDeniedError("this token may only read"))
-        return handler
