@@ -16,6 +16,7 @@ from trajstore import errors, wire
 from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
 from trajstore.server.names import validate_run_name
+from trajstore.server.run_version import RunVersion
 from trajstore.server.sessions import RunRegistry, WriterSession
 from trajstore.server.status import abort_with, typed_errors
 from trajstore.store.indexing import Plan
@@ -170,37 +171,71 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     def Read(  # noqa: N802 (gRPC method name)
         self, request: qpb.ReadRequest, context: grpc.ServicerContext
     ) -> Iterator[qpb.ReadResponse | OutgoingPart]:
-        """``array[index]`` of chosen leaves of a group, streamed in parts."""
+        """``array[index]`` of chosen leaves of a group, streamed in parts.
+
+        The run's handle is held while a piece is read, never while one is
+        sent, so a slow reader does not keep a writer from reopening the run
+        (one that reconnects, say). A read of several pieces takes the handle
+        again for each and checks that the run is still the version it
+        planned on (:class:`RunVersion`); if not, it ends with
+        FailedPreconditionError rather than mix two versions.
+        """
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
         try:
+            run = request.run
             index = wire.index_from_proto(request.index, request.index_is_tuple)
-            with self.files.reading(request.run) as reader:
+            with self.files.reading(run) as reader:
                 group = reader.group_index(request.group)
-                frames = self._group_frames(reader, request.run, group)
+                frames = self._group_frames(reader, run, group)
                 leaves = self._leaves(reader, group, request.leaves)
                 plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
-                yield qpb.ReadResponse(
-                    results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
-                )
-                pieces: Iterator[tuple[int, np.ndarray]] = (
-                    (position, piece)
-                    for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
-                    for piece in reader.read_chunks(
-                        group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
+                version = RunVersion.of(run, reader)
+                pieces: Iterator[tuple[int, np.ndarray]]
+                several = self._result_bytes(reader, group, leaves, plans) > self.read_chunk_bytes
+                if several:
+                    planned = [
+                        (position, leaf, piece)
+                        for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
+                        for piece in reader.piece_plans(group, leaf, plan, self.read_chunk_bytes)
+                    ]
+                else:  # one piece per leaf, read now under this handle
+                    pieces = iter(
+                        [
+                            (position, reader.read_piece(group, leaf, plan, frames=frames))
+                            for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
+                        ]
                     )
-                )
-                if self._result_bytes(reader, group, leaves, plans) > self.read_chunk_bytes:
-                    pieces = read_ahead(pieces)  # several pieces: read one while one is sent
-                offsets = [0] * len(leaves)
-                for position, piece in pieces:
-                    for at, views in split_views([piece], self.part_bytes):
-                        self._count_read(sum(len(v) for v in views))
-                        header = qpb.ReadResponse(leaf=position, offset=offsets[position] + at)
-                        yield OutgoingPart(header, views)
-                    offsets[position] += piece.nbytes
+            yield qpb.ReadResponse(
+                results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
+            )
+            if several:  # read one piece while the last is sent
+                pieces = read_ahead(self._read_pieces(version, group, frames, planned))
+            offsets = [0] * len(leaves)
+            for position, piece in pieces:
+                for at, views in split_views([piece], self.part_bytes):
+                    self._count_read(sum(len(v) for v in views))
+                    header = qpb.ReadResponse(leaf=position, offset=offsets[position] + at)
+                    yield OutgoingPart(header, views)
+                offsets[position] += piece.nbytes
         except Exception as e:
             abort_with(context, e)
+
+    def _read_pieces(
+        self, version: RunVersion, group: int, frames: int, planned: Sequence[tuple[int, int, Plan]]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Each planned ``(position, leaf, plan)`` read under the run's handle, yielded after.
+
+        Raises:
+            FailedPreconditionError: The run changed since the read was
+                planned (see :class:`RunVersion`).
+        """
+        for position, leaf, plan in planned:
+            with self.files.reading(version.run) as reader:
+                now = self._group_frames(reader, version.run, group)
+                version.check(reader, frames_now=now, frames_planned=frames)
+                piece = reader.read_piece(group, leaf, plan, frames=frames)
+            yield position, piece
 
     def _fetch(self, read: qpb.ReadRequest) -> tuple[list[qpb.LeafResult], list[memoryview]]:
         """``array[index]`` of chosen leaves, as one message holds them (Fetch, FetchStream).
