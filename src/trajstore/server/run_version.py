@@ -9,7 +9,11 @@ it, or rewinding it below them, does not -- and then the read must end with
 an error, never go on with pieces of another version of the run.
 
 :class:`RunVersion` is what the read notes when it plans, and checks each
-time it takes a handle again.
+time it takes a handle again. It sees an overwrite (a new file) and a
+rewind still below the planned frames; a rewind that has grown back past
+them by the next check looks like an append -- telling those apart needs a
+version recorded in the file itself (a generation, issue 16 item 6), which
+belongs here as one more field.
 """
 
 from __future__ import annotations
