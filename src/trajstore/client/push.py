@@ -9,19 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
+from tenacity import stop_after_delay
 
 from trajstore import wire
 from trajstore.blockcodec import write_method
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.journal import JournalBlock, JournalReader
-from trajstore.client.sender import BlockSender, Session, close_session, open_session
-from trajstore.errors import JournalError, RunLockedError, TrajstoreError, UnavailableError
+from trajstore.client.sender import BlockSender
+from trajstore.client.session import Session, close_session, open_retrying, open_session
+from trajstore.errors import JournalError, TrajstoreError
 from trajstore.schema import RunSpec
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
@@ -114,13 +110,11 @@ def _open_waiting(
     wait: float,
 ) -> Session:
     """OpenRun in append mode, retrying while the store is away or the run still held."""
-    retrying = Retrying(
-        wait=wait_exponential(multiplier=0.2, max=5.0),
+    return open_retrying(
+        lambda: open_session(stub, reader.open_request, metadata=metadata, timeout=timeout),
         stop=stop_after_delay(wait),
-        retry=retry_if_exception_type((UnavailableError, RunLockedError)),
-        reraise=True,
+        first_wait=0.2,
     )
-    return retrying(open_session, stub, reader.open_request, metadata=metadata, timeout=timeout)
 
 
 def _release(

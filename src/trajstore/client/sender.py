@@ -12,7 +12,9 @@ Every block stays in memory until the store acknowledges it. When the
 stream breaks (the store restarts, the network drops), the sender reopens
 the run in ``append`` mode — taking over its own previous session if the
 store still holds it — and resends every unacknowledged block, in order,
-with backoff between attempts. Block writes are idempotent by time index,
+with backoff between attempts; a run held for a moment (``RunLockedError``)
+is tried again like a store away, within ``reconnect_timeout``
+(:func:`~trajstore.client.session.open_retrying`). Block writes are idempotent by time index,
 so a block that was durable but not yet acknowledged is simply written again:
 the run ends with every frame exactly once.
 
@@ -42,87 +44,30 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_when_event_set,
-    wait_exponential,
-)
+from tenacity import stop_after_delay, stop_when_event_set
 from tenacity.stop import stop_base
 
 from trajstore import wire
 from trajstore.blockcodec import OutgoingPart, split_views
 from trajstore.client.journal import JournalBlock, JournalReader, JournalWriter
-from trajstore.errors import JournalError, NotOpenError, TrajstoreError, UnavailableError
+from trajstore.client.session import Session, open_retrying
+from trajstore.errors import (
+    JournalError,
+    NotOpenError,
+    RunLockedError,
+    TrajstoreError,
+    UnavailableError,
+)
 from trajstore.schema import RunSpec
 from trajstore.store import layout
 from trajstore.v1 import ingest_pb2 as pb
-from trajstore.v1 import ingest_pb2_grpc as pb_grpc
 
-__all__ = [
-    "SMALL_FRAME_BYTES",
-    "BlockSender",
-    "Session",
-    "block_buffers",
-    "close_session",
-    "open_session",
-]
+__all__ = ["SMALL_FRAME_BYTES", "BlockSender", "block_buffers"]
 
 log = logging.getLogger("trajstore.client")
 
 #: A block aims at this many bytes (fewer when a group's batch is smaller).
 BLOCK_TARGET_BYTES = 4 << 20
-
-
-@dataclass(frozen=True)
-class Session:
-    """A writer session on the store, as OpenRun granted it."""
-
-    id: str
-    part_bytes: int
-    lease_seconds: float
-    frames: tuple[int, ...] = ()  # frames durable per group when it was opened
-
-
-def open_session(
-    stub: pb_grpc.IngestServiceStub,
-    request: pb.OpenRunRequest,
-    *,
-    metadata: tuple[tuple[str, str], ...],
-    timeout: float,
-) -> Session:
-    """Call OpenRun; the error the store raised comes back as the same class."""
-    try:
-        opened = stub.OpenRun(request, timeout=timeout, metadata=metadata)
-    except grpc.RpcError as e:
-        raise wire.error_from_rpc(e) from None
-    return Session(
-        opened.session,
-        int(opened.max_message_bytes),
-        opened.lease_seconds,
-        tuple(int(n) for n in opened.frames),
-    )
-
-
-def close_session(
-    stub: pb_grpc.IngestServiceStub,
-    session: str,
-    actual_steps: int | None,
-    *,
-    metadata: tuple[tuple[str, str], ...],
-    timeout: float,
-) -> None:
-    """Call CloseRun, recording ``actual_steps`` (``None``: keep the run's); errors typed."""
-    try:
-        stub.CloseRun(
-            pb.CloseRunRequest(session=session, actual_steps=actual_steps),
-            timeout=timeout,
-            metadata=metadata,
-        )
-    except grpc.RpcError as e:
-        raise wire.error_from_rpc(e) from None
 
 
 @dataclass
@@ -718,30 +663,38 @@ class BlockSender:
         return True
 
     def _reopen_within(self, timeout: float | None) -> Session | None:
-        """Reopen with backoff for ``timeout`` s (``None``: until closed); ``None`` if not."""
+        """Reopen with backoff for ``timeout`` s (``None``: until closed); ``None`` if not.
+
+        A run held for a moment (:class:`RunLockedError`: the store still
+        releasing this writer's previous session, say) is tried again like a
+        store away, within the same budget.
+
+        Raises:
+            RunLockedError: The run stayed held past the budget (while not
+                spilling: then the journal keeps the frames, as for a store away).
+        """
         stop: stop_base = stop_when_event_set(self._stopping)
         if timeout is not None:
             stop = stop | stop_after_delay(timeout)
         try:
-            for attempt in Retrying(
-                wait=wait_exponential(multiplier=0.1, max=5.0),
-                stop=stop,
-                sleep=self._pause,
-                retry=retry_if_exception_type(UnavailableError),
-                reraise=False,
-            ):
-                with attempt:
-                    if self._closed and self._error is not None:
-                        raise self._error
-                    try:
-                        return self._reopen(self._session.id)
-                    finally:
-                        with self._cond:
-                            self._reopen_attempts += 1
-                            self._cond.notify_all()
-        except RetryError:
+            return open_retrying(self._reopen_once, stop=stop, sleep=self._pause)
+        except UnavailableError:
             return None
-        return None
+        except RunLockedError:
+            if self._spilling:
+                return None
+            raise
+
+    def _reopen_once(self) -> Session:
+        """One OpenRun taking over the current session; counted for :meth:`_try_store_now`."""
+        if self._closed and self._error is not None:
+            raise self._error
+        try:
+            return self._reopen(self._session.id)
+        finally:
+            with self._cond:
+                self._reopen_attempts += 1
+                self._cond.notify_all()
 
     def _pause(self, seconds: float) -> None:
         """Backoff sleep that ends early when the sender closes."""

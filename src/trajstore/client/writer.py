@@ -17,7 +17,8 @@ from trajstore.blockcodec import write_method
 from trajstore.checks import check_positive
 from trajstore.client.channel import call_metadata, open_channel
 from trajstore.client.journal import JournalWriter
-from trajstore.client.sender import BlockSender, Session, close_session, open_session
+from trajstore.client.sender import BlockSender
+from trajstore.client.session import Session, close_session, open_session
 from trajstore.errors import JournalError, JournalLeftWarning, NotOpenError
 from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.local import StepClock

@@ -16,6 +16,7 @@ from trajstore import bounds, errors, wire
 from trajstore.blockcodec import OutgoingArrays, OutgoingPart, byte_view, split_views
 from trajstore.read_ahead import read_ahead
 from trajstore.server.catalog import RunCatalog, RunSummary
+from trajstore.server.run_version import RunVersion
 from trajstore.server.sessions import RunRegistry, WriterSession
 from trajstore.server.status import abort_with, typed_errors
 from trajstore.store.indexing import Plan
@@ -111,12 +112,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
         expected = generation or None
         frames, now = self._view(reader, run, group)
         self._pin(reader, run, group, expected, now)
-        try:
+        with self._pinned_read(reader, run, group, expected):
             yield frames
-        except errors.FailedPreconditionError:  # raced a rewrite: say why, if it changed
-            self._pin(reader, run, group, expected, self._view(reader, run, group)[1])
-            raise
-        self._pin(reader, run, group, expected, self._view(reader, run, group)[1])
 
     def _pin(
         self, reader: RunFileReader, run: str, group: int, expected: int | None, now: int
@@ -256,41 +253,99 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     def Read(  # noqa: N802 (gRPC method name)
         self, request: qpb.ReadRequest, context: grpc.ServicerContext
     ) -> Iterator[qpb.ReadResponse | OutgoingPart]:
-        """``array[index]`` of chosen leaves of a group, streamed in parts."""
+        """``array[index]`` of chosen leaves of a group, streamed in parts.
+
+        The run's handle is held while a piece is read, never while one is
+        sent, so a slow reader does not keep a writer from reopening the run
+        (one that reconnects, say). A read of several pieces takes the handle
+        again for each and checks that the run is still the version it
+        planned on (:class:`RunVersion`); if not, it ends with
+        FailedPreconditionError rather than mix two versions.
+        """
         if self.registry.metrics is not None:
             self.registry.metrics.read_requests.inc()
         try:
+            run = request.run
             index = wire.index_from_proto(request.index, request.index_is_tuple)
-            with (
-                self.files.reading(request.run) as reader,
-                self._pinned(
-                    reader, request.run, reader.group_index(request.group), request.generation
-                ) as frames,
-            ):
+            with self.files.reading(run) as reader:
                 group = reader.group_index(request.group)
+                frames, generation = self._view(reader, run, group)
+                pinned = self._pin(reader, run, group, request.generation or None, generation)
                 leaves = self._leaves(reader, group, request.leaves)
                 plans = [reader.plan(group, leaf, index, frames) for leaf in leaves]
-                yield qpb.ReadResponse(
-                    results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
-                )
-                pieces: Iterator[tuple[int, np.ndarray]] = (
-                    (position, piece)
-                    for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
-                    for piece in reader.read_chunks(
-                        group, leaf, plan, frames=frames, chunk_bytes=self.read_chunk_bytes
-                    )
-                )
-                if self._result_bytes(reader, group, leaves, plans) > self.read_chunk_bytes:
-                    pieces = read_ahead(pieces)  # several pieces: read one while one is sent
-                offsets = [0] * len(leaves)
-                for position, piece in pieces:
-                    for at, views in split_views([piece], self.part_bytes):
-                        self._count_read(sum(len(v) for v in views))
-                        header = qpb.ReadResponse(leaf=position, offset=offsets[position] + at)
-                        yield OutgoingPart(header, views)
-                    offsets[position] += piece.nbytes
+                version = RunVersion.of(run, reader)
+                pieces: Iterator[tuple[int, np.ndarray]]
+                several = self._result_bytes(reader, group, leaves, plans) > self.read_chunk_bytes
+                if several:
+                    planned = [
+                        (position, leaf, piece)
+                        for position, (leaf, plan) in enumerate(zip(leaves, plans, strict=True))
+                        for piece in reader.piece_plans(group, leaf, plan, self.read_chunk_bytes)
+                    ]
+                else:  # one piece per leaf, read now under this handle
+                    with self._pinned_read(reader, run, group, pinned):
+                        pieces = iter(
+                            [
+                                (position, reader.read_piece(group, leaf, plan, frames=frames))
+                                for position, (leaf, plan) in enumerate(
+                                    zip(leaves, plans, strict=True)
+                                )
+                            ]
+                        )
+            yield qpb.ReadResponse(
+                results=[qpb.LeafResult(shape=p.shape, scalar=p.scalar) for p in plans]
+            )
+            if several:  # read one piece while the last is sent
+                pieces = read_ahead(self._read_pieces(version, group, frames, planned, pinned))
+            offsets = [0] * len(leaves)
+            for position, piece in pieces:
+                for at, views in split_views([piece], self.part_bytes):
+                    self._count_read(sum(len(v) for v in views))
+                    header = qpb.ReadResponse(leaf=position, offset=offsets[position] + at)
+                    yield OutgoingPart(header, views)
+                offsets[position] += piece.nbytes
         except Exception as e:
             abort_with(context, e)
+
+    def _read_pieces(
+        self,
+        version: RunVersion,
+        group: int,
+        frames: int,
+        planned: Sequence[tuple[int, int, Plan]],
+        generation: int,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Each planned ``(position, leaf, plan)`` read under the run's handle, yielded after.
+
+        Raises:
+            RunChangedError: The run is no longer at ``generation``.
+            FailedPreconditionError: The run changed otherwise since the read
+                was planned (see :class:`RunVersion`).
+        """
+        for position, leaf, plan in planned:
+            with self.files.reading(version.run) as reader:
+                now, current = self._view(reader, version.run, group)
+                self._pin(reader, version.run, group, generation, current)
+                version.check(reader, frames_now=now, frames_planned=frames)
+                with self._pinned_read(reader, version.run, group, generation):
+                    piece = reader.read_piece(group, leaf, plan, frames=frames)
+            yield position, piece
+
+    @contextlib.contextmanager
+    def _pinned_read(
+        self, reader: RunFileReader, run: str, group: int, generation: int | None
+    ) -> Iterator[None]:
+        """Reading ``group`` at ``generation``: checked again when the read ends.
+
+        Its frames may have been rewritten while it read them: then
+        :class:`RunChangedError` (also when the read failed for it).
+        """
+        try:
+            yield
+        except errors.FailedPreconditionError:  # raced a rewrite: say why, if it changed
+            self._pin(reader, run, group, generation, self._view(reader, run, group)[1])
+            raise
+        self._pin(reader, run, group, generation, self._view(reader, run, group)[1])
 
     def _fetch(self, read: qpb.ReadRequest) -> tuple[list[qpb.LeafResult], list[memoryview]]:
         """``array[index]`` of chosen leaves, as one message holds them (Fetch, FetchStream).

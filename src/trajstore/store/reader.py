@@ -33,6 +33,12 @@ __all__ = ["RunFileReader"]
 _FRAMES_NAME = layout.ATTR_FRAMES.encode()
 
 
+def _file_id(file: h5py.File, path: Path) -> tuple[int, int]:
+    handle = file.id.get_vfd_handle()
+    stat = os.fstat(handle) if isinstance(handle, int) else os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 class RunFileReader:
     """One run file open for reading (also while another process writes it).
 
@@ -55,6 +61,9 @@ class RunFileReader:
             self._file.close()
             raise
         self._index = {g.name: i for i, g in enumerate(self.spec.groups)}
+        #: The file this handle has open, as (device, inode): a run put in
+        #: place anew under its name (overwritten) is another file.
+        self.file_id = _file_id(self._file, self.path)
         # Open handles, kept: looking a path up in HDF5 costs more than a small read.
         self._groups: dict[int, h5py.Group] = {}
         self._datasets: dict[tuple[int, int], h5py.Dataset] = {}
@@ -278,7 +287,16 @@ class RunFileReader:
         Pieces split the result's first axis, so holding one at a time bounds
         memory however large the read.
         """
-        ds, _ = self._dataset(group, leaf, frames)
+        for piece in self.piece_plans(group, leaf, plan, chunk_bytes):
+            yield self.read_piece(group, leaf, piece, frames=frames)
+
+    def piece_plans(self, group: int, leaf: int, plan: Plan, chunk_bytes: int) -> Iterator[Plan]:
+        """``plan`` split along the result's first axis into plans of about ``chunk_bytes``.
+
+        Reading the pieces in order with :meth:`read_piece` gives the result
+        of ``plan`` in C order. Planning needs nothing from the file: a caller
+        may plan under one handle and read each piece under another.
+        """
         spec = self.spec.groups[group].leaves[leaf]
         first = plan.hyperslab[0] if plan.hyperslab else None
         row_bytes = math.prod(plan.shape[1:]) * spec.np_dtype.itemsize
@@ -287,7 +305,7 @@ class RunFileReader:
             or not plan.shape
             or plan.shape[0] * row_bytes <= chunk_bytes
         ):
-            yield np.ascontiguousarray(self._read(ds, spec, plan))
+            yield plan
             return
         rows = range(first.start, first.stop, first.step)
         if plan.fixup[0].step == -1:
@@ -296,13 +314,17 @@ class RunFileReader:
         for at in range(0, len(rows), per_piece):
             piece = rows[at : at + per_piece]
             low, high = min(piece[0], piece[-1]), max(piece[0], piece[-1])
-            sub = Plan(
+            yield Plan(
                 (slice(low, high + 1, abs(piece.step)), *plan.hyperslab[1:]),
                 (slice(None, None, -1 if piece.step < 0 else None), *plan.fixup[1:]),
                 (len(piece), *plan.shape[1:]),
                 False,
             )
-            yield np.ascontiguousarray(self._read(ds, spec, sub))
+
+    def read_piece(self, group: int, leaf: int, plan: Plan, *, frames: int | None) -> np.ndarray:
+        """``plan``'s result as a C-contiguous array (a scalar's too: 0-d)."""
+        ds, _ = self._dataset(group, leaf, frames)
+        return np.ascontiguousarray(self._read(ds, self.spec.groups[group].leaves[leaf], plan))
 
 
 def _rewritten(ds: h5py.Dataset) -> FailedPreconditionError:
