@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hostility import Hostile, damage, plant_junk
 from trajstore import (
     EveryNStep,
     HDF5StorageWriter,
@@ -37,7 +38,7 @@ from trajstore.store.recovery import lookup3
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
 
-from servers import start_store, wait_until
+from servers import assert_every_frame_once, start_live_writer, start_store, wait_until
 
 CLIENTS = Path(__file__).parent / "clients"
 #: A generous deadline: the old store stalled for many minutes on a damaged file.
@@ -295,3 +296,61 @@ def test_store_restart_keeps_listing_after_damage(tmp_path):
             assert store.stop() == 0
     assert (data / "bad.h5").read_bytes() == before  # reported, never "repaired"
     assert os.path.exists(data / "ok.h5")
+
+
+def test_hostile_clients_and_damaged_files_affect_only_themselves(tmp_path):
+    """Randomized: well-behaved writers and followers finish with every frame once meanwhile."""
+    rng = random.Random(1616)
+    data = tmp_path / "data"
+    victims = [f"victims/v{i}" for i in range(4)]
+    for victim in victims:
+        write_local(data / f"{victim}.h5")
+    spoiled = {v: damage(data / f"{v}.h5", rng) for v in victims[:3]}
+    junk = plant_junk(data, tmp_path / "outside.h5")
+    store = start_store(data, "--lease-seconds", "2")
+    frames = 300
+    hostiles = [Hostile(store.address, seed, victims) for seed in range(2)]
+    try:
+        writers = {
+            f"good/w{i}": start_live_writer(store.address, f"good/w{i}", frames) for i in range(3)
+        }
+        for hostile in hostiles:
+            hostile.start()
+        followed: dict[str, list[int]] = {run: [] for run in writers}
+
+        def follow(run: str) -> None:
+            with connect(store.address, timeout=DEADLINE) as client:
+                wait_until(lambda: any(r.name == run for r in client.list_runs()))
+                with client.open_run(run) as reader:
+                    for frame in reader.focus_group("group['x']").follow():
+                        followed[run].append(int(frame["b"]))
+
+        followers = [threading.Thread(target=follow, args=(run,)) for run in writers]
+        for follower in followers:
+            follower.start()
+        for run, writer in writers.items():
+            _, err = writer.communicate(timeout=300)
+            assert writer.returncode == 0, (run, err)
+        for follower in followers:
+            follower.join(DEADLINE)
+            assert not follower.is_alive()
+        with connect(store.address, timeout=DEADLINE) as client:
+            runs = {r.name: r for r in client.list_runs()}
+        for victim, how in spoiled.items():
+            assert runs[victim].damaged, (victim, how)
+        assert not runs[victims[3]].damaged and runs[victims[3]].frames == {"group['x']": 10}
+        for name in junk:
+            assert runs[name].damaged, name
+        for run in writers:
+            assert runs[run].frames == {"group['x']": frames} and not runs[run].open
+            assert followed[run] == list(range(frames)), run
+    finally:
+        for hostile in hostiles:
+            hostile.stop()
+        for hostile in hostiles:
+            hostile.join(60)
+        assert store.stop() == 0
+    assert all(h.calls > 0 for h in hostiles)
+    assert [u for h in hostiles for u in h.untyped] == []
+    for run in writers:
+        assert_every_frame_once(data / f"{run}.h5", frames)

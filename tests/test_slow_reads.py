@@ -183,7 +183,7 @@ def test_a_read_whose_run_is_overwritten_under_it_ends_with_a_typed_error(store)
     try:
         read.read_one()
         write_run(store.address, FRAMES + 8, mode="overwrite", offset=1000)
-        with pytest.raises(E.FailedPreconditionError, match="rewritten while it was being read"):
+        with pytest.raises(E.RunChangedError, match="changed while it was read"):
             read.read_rest()
         # What came before the error was the old run's, and only that.
         got = np.frombuffer(bytes(read.data[0]), np.float32).reshape(-1, ROWS * 4)
