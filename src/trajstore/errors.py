@@ -108,6 +108,9 @@ class NotOpenError(FailedPreconditionError):
 class RunLockedError(FailedPreconditionError):
     """Another writer holds the run."""
 
+    #: Who holds it, in words, when the run's lock named its holder (else "").
+    holder: str = ""
+
 
 class FrameIndexError(TrajstoreError, IndexError):
     """An index lies outside the frames written."""

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from trajstore.store.writer import RunFileWriter, copy_frames
+from trajstore.store.copying import copy_frames
+from trajstore.store.ownership import RunLock
+from trajstore.store.writer import RunFileWriter
 
 if TYPE_CHECKING:
     from trajstore.client.reader import RemoteStorageReader
@@ -21,31 +23,33 @@ def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_b
     """Copy every durable frame of ``reader``'s run into ``path`` (same layout as the store's).
 
     The file is written next to ``path`` and renamed into place when
-    complete, so ``path`` never holds half a run.
+    complete, so ``path`` never holds half a run; all of it under ``path``'s
+    lock, so a pull never replaces a run another writer is writing.
     """
     spec = reader.spec
     info = reader.describe()
     partial = path.with_name(path.name + ".part")
     total = sum(info.frames[g.name] * g.frame_nbytes for g in spec.groups)
-    file = RunFileWriter(partial, spec, mode="overwrite")
-    try:
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc=reader.run, disable=not progress
-        ) as bar:
-            sources = [reader.focus_group(g.name)._remote for g in spec.groups]
-            copy_frames(
-                file,
-                [info.frames[g.name] for g in spec.groups],
-                lambda group, leaves, index: sources[group].read(leaves, index),
-                block_bytes=chunk_bytes,
-                on_block=bar.update,
-            )
-        file.set_actual_steps(info.actual_steps)
-        file.close()
-    except BaseException:
-        with contextlib.suppress(Exception):
+    with RunLock.acquire(path) as lock:
+        file = RunFileWriter(partial, spec, mode="overwrite", lock=lock.share())
+        try:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=reader.run, disable=not progress
+            ) as bar:
+                sources = [reader.focus_group(g.name)._remote for g in spec.groups]
+                copy_frames(
+                    file,
+                    [info.frames[g.name] for g in spec.groups],
+                    lambda group, leaves, index: sources[group].read(leaves, index),
+                    block_bytes=chunk_bytes,
+                    on_block=bar.update,
+                )
+            file.set_actual_steps(info.actual_steps)
             file.close()
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                file.close()
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, path)
     return path
