@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -300,3 +301,17 @@ def test_lock_files_are_not_runs_and_pull_takes_the_destinations_lock(two_stores
             assert fingerprint(dest) == before
             log_frames(log, FIRST, FIRST + 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.h5", "copy.h5.lock"]
+
+
+def test_the_lock_cost_benchmark_runs():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lock_cost", "--opens", "3"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.splitlines()[-1])["lock_cost"]
+    assert figures["lock_us"] > 0 and figures["open_close_with_lock_us"] > 0

@@ -202,7 +202,7 @@ def _holder(path: Path) -> str:
         return "another writer (its lock file does not say which)"
     program = str(info.get("program", ""))
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
-    what = f"{program} " if program else ""
+    what = f"{program}, " if program else ""
     if host == socket.gethostname():
         if pid == os.getpid():
             where = f"another writer in this process (pid {pid})"
