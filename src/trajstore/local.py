@@ -17,7 +17,7 @@ from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec
 from trajstore.store.background import DEFAULT_MAX_PENDING_BYTES, BackgroundWriter
-from trajstore.store.opening import open_run_writer
+from trajstore.store.open_run import open_run_writer
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import OpenMode
 

@@ -35,7 +35,7 @@ from trajstore.server.metrics import Metrics
 from trajstore.server.names import run_path
 from trajstore.store import layout
 from trajstore.store.background import BackgroundWriter
-from trajstore.store.opening import open_run_writer
+from trajstore.store.open_run import open_run_writer
 from trajstore.store.writer import OpenMode
 
 __all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]

@@ -265,7 +265,7 @@ class RunLeftOpenError(StorageError):
     """The run file is marked open for writing by a writer that was killed.
 
     Raised only under the run's lock, so that writer is gone: see
-    :func:`trajstore.store.opening.open_run_writer`, which recovers the file.
+    :func:`trajstore.store.open_run.open_run_writer`, which recovers the file.
     """
 
 
@@ -301,7 +301,7 @@ class RunFileWriter:
     it. By default the writer takes ``path``'s own lock.
 
     Appending to a file a killed writer left open raises
-    :class:`RunLeftOpenError`; :func:`trajstore.store.opening.open_run_writer`
+    :class:`RunLeftOpenError`; :func:`trajstore.store.open_run.open_run_writer`
     recovers such a file and is what writers use.
     """
 
