@@ -158,7 +158,7 @@ def test_background_error_surfaces_at_the_next_call_and_sticks(tmp_path):
 
 
 def test_local_writer_raises_background_errors_from_log_flush_and_exit(tmp_path, monkeypatch):
-    monkeypatch.setattr("trajstore.local.RunFileWriter", FailingFile)
+    monkeypatch.setattr("trajstore.store.open_run.RunFileWriter", FailingFile)
     state = md_state()
     log = HDF5StorageWriter(tmp_path / "r.h5", md_config(every=1), state, 10)
     with pytest.raises(TrajstoreError), log:

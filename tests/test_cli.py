@@ -148,7 +148,5 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "follow demo/lj-0: 150 frames live" in result.stdout
     assert (tmp_path / "out" / "energy.png").read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (tmp_path / "data" / "demo").iterdir()) == [
-        "lj-0.h5",
-        "lj-1.h5",
-        "lj-2.h5",
+        name for i in range(3) for name in (f"lj-{i}.h5", f"lj-{i}.h5.lock")
     ]

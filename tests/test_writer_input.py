@@ -118,7 +118,8 @@ def test_an_unstorable_schema_leaves_an_existing_run_untouched(tmp_path):
             with HDF5StorageWriter(target, config, deep, compile_views=False, mode=mode):
                 pass
     assert frames_in(path) == 3  # the run is as it was
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]  # nothing half made
+    # nothing half made (the lock file stays beside the run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5", "run.h5.lock"]
 
 
 def test_a_failure_while_laying_out_a_new_run_leaves_the_old_one(tmp_path, monkeypatch):
@@ -135,7 +136,7 @@ def test_a_failure_while_laying_out_a_new_run_leaves_the_old_one(tmp_path, monke
         with HDF5StorageWriter(path, md_config(every=1), state, compile_views=False):
             pass
     assert frames_in(path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5", "run.h5.lock"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -181,4 +182,4 @@ def test_overwriting_a_run_through_a_symlink_writes_its_target(tmp_path):
                 writer.log(state, step)
     assert link.is_symlink() and (scratch / "real.h5").is_file()
     assert frames_in(scratch / "real.h5") == 5
-    assert sorted(p.name for p in scratch.iterdir()) == ["real.h5"]
+    assert sorted(p.name for p in scratch.iterdir()) == ["real.h5", "real.h5.lock"]

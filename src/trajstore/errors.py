@@ -119,6 +119,9 @@ class NotOpenError(FailedPreconditionError):
 class RunLockedError(FailedPreconditionError):
     """Another writer holds the run."""
 
+    #: Who holds it, in words, when the run's lock named its holder (else "").
+    holder: str = ""
+
 
 class RunChangedError(FailedPreconditionError):
     """The run was replaced or rewound while a read of several calls went on.

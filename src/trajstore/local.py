@@ -17,8 +17,9 @@ from trajstore.groups import GroupWriters, extract_frames, prepare_groups
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec
 from trajstore.store.background import DEFAULT_MAX_PENDING_BYTES, BackgroundWriter
+from trajstore.store.open_run import open_run_writer
 from trajstore.store.reader import RunFileReader
-from trajstore.store.writer import OpenMode, RunFileWriter
+from trajstore.store.writer import OpenMode
 
 __all__ = ["HDF5StorageReader", "HDF5StorageWriter"]
 
@@ -123,7 +124,7 @@ class HDF5StorageWriter(Generic[State, Config]):
             compile_views=self.compile_views,
             metadata=self.metadata,
         )
-        file = RunFileWriter(self.out_path, spec, mode=self.mode)
+        file = open_run_writer(self.out_path, spec, mode=self.mode)
         self._writer = BackgroundWriter(
             file, max_pending_bytes=self.max_pending_bytes, flush_interval=self.flush_interval
         )

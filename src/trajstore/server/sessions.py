@@ -36,7 +36,8 @@ from trajstore.server.metrics import Metrics
 from trajstore.server.names import run_path
 from trajstore.store import layout
 from trajstore.store.background import BackgroundWriter
-from trajstore.store.writer import OpenMode, RunFileWriter
+from trajstore.store.open_run import open_run_writer
+from trajstore.store.writer import OpenMode
 
 __all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]
 
@@ -427,7 +428,11 @@ class RunRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.files.writing(run, timeout=max(wait, 0.0)):
-                file = RunFileWriter(path, spec, mode=mode, chunk_pool=self._chunk_pool)
+                file = open_run_writer(path, spec, mode=mode, chunk_pool=self._chunk_pool)
+        except RunLockedError as e:
+            if not e.holder:  # being read in this store: the message names the run
+                raise
+            raise RunLockedError(f"run {run!r} is being written by {e.holder}") from None
         except RunExistsError:
             raise RunExistsError(
                 f"run {run!r} already exists (open it with mode 'overwrite' or 'append')"

@@ -14,21 +14,29 @@ from what was durable. When the superblock is not one it can verify,
 :func:`rebuild` copies every durable frame into a fresh file with the same
 layout, which replaces the old one atomically. Either way frames written but
 never made durable are dropped; nothing acknowledged is lost.
+
+All of it happens under the run's lock (:mod:`~trajstore.store.ownership`):
+a file whose lock a live writer holds is being written, not left open, and
+is never touched here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 
 from trajstore.durable import sync_directory, sync_file
 from trajstore.store import layout
+from trajstore.store.copying import copy_frames
 from trajstore.store.opening import is_left_open
+from trajstore.store.ownership import RunLock, lock_path
 from trajstore.store.reader import RunFileReader
-from trajstore.store.writer import RunFileWriter, copy_frames
+from trajstore.store.writer import RunFileWriter
 
 __all__ = ["clear_status_flags", "is_left_open", "lookup3", "rebuild", "recover"]
 
@@ -86,7 +94,10 @@ def lookup3(data: bytes, initval: int = 0) -> int:
 
 
 def clear_status_flags(path: Path) -> bool:
-    """Clear the superblock's status flags in place; ``False`` if it cannot be verified."""
+    """Clear the superblock's status flags in place; ``False`` if it cannot be verified.
+
+    Call it holding the run's lock (as :func:`recover` does).
+    """
     with open(path, "r+b") as f:
         head = f.read(12)
         if len(head) < 12 or head[:8] != _SIGNATURE or head[8] not in (2, 3):
@@ -107,18 +118,43 @@ def clear_status_flags(path: Path) -> bool:
     return True
 
 
-def recover(path: Path) -> None:
-    """Make ``path`` writable again: clear its status flags, or else rebuild it."""
-    if not clear_status_flags(path):
-        rebuild(path)
+@contextlib.contextmanager
+def _under_lock(path: Path, lock: RunLock | None) -> Iterator[RunLock]:
+    """``lock`` if it is the held lock of ``path``; else ``path``'s lock, taken for the block."""
+    if lock is None:
+        with RunLock.acquire(path) as taken:
+            yield taken
+        return
+    if not lock.held or lock.path != lock_path(path):
+        raise ValueError(f"{lock.path} is not the held lock of {path}")
+    yield lock
 
 
-def rebuild(path: Path) -> None:
-    """Rebuild ``path`` from its durable frames (see the module docstring)."""
-    rebuilt = path.with_name(path.name + ".recovering")
+def recover(path: Path, lock: RunLock | None = None) -> None:
+    """Make ``path`` writable again: clear its status flags, or else rebuild it.
+
+    ``lock``: the run's lock, held by the caller; without it the lock is
+    taken here (:class:`~trajstore.errors.RunLockedError` if a writer holds it).
+    """
+    with _under_lock(path, lock) as held:
+        if not clear_status_flags(path):
+            rebuild(path, held)
+
+
+def rebuild(path: Path, lock: RunLock | None = None) -> None:
+    """Rebuild ``path`` from its durable frames (see the module docstring).
+
+    ``lock``: as for :func:`recover`.
+    """
+    with _under_lock(path, lock) as held:
+        _rebuild(path, held)
+
+
+def _rebuild(path: Path, lock: RunLock) -> None:
+    rebuilt = path.with_name(path.name + ".recovering")  # covered by the run's lock
     reader = RunFileReader(path)
     try:
-        writer = RunFileWriter(rebuilt, reader.spec, mode="overwrite")
+        writer = RunFileWriter(rebuilt, reader.spec, mode="overwrite", lock=lock.share())
         try:
             frames = [reader.frames(g) for g in range(len(reader.spec.groups))]
             copy_frames(

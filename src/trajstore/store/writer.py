@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ from trajstore.errors import (
 )
 from trajstore.schema import GroupSpec, RunSpec, storage_dtype
 from trajstore.store import layout
+from trajstore.store.opening import is_left_open
+from trajstore.store.ownership import RunLock
 from trajstore.store.space import check_room
 from trajstore.store.stored import encode_compressed, encode_stored
 
@@ -35,7 +37,7 @@ __all__ = [
     "OpenMode",
     "PreparedBlock",
     "RunFileWriter",
-    "copy_frames",
+    "RunLeftOpenError",
 ]
 
 #: ``create``: the file must not exist; ``overwrite``: replace it;
@@ -261,6 +263,14 @@ class Hdf5ObjWriter:
                 ds.id.write_direct_chunk((start + j, *origin), data)
 
 
+class RunLeftOpenError(StorageError):
+    """The run file is marked open for writing by a writer that was killed.
+
+    Raised only under the run's lock, so that writer is gone: see
+    :func:`trajstore.store.open_run.open_run_writer`, which recovers the file.
+    """
+
+
 @dataclass(frozen=True)
 class FlushTicket:
     """What a flush makes durable: frames per group when it began, and what to publish."""
@@ -277,6 +287,18 @@ class RunFileWriter:
     it; only :meth:`sync` may be called from another. ``chunk_pool``: threads
     to compress whole chunks on (see :class:`Hdf5ObjWriter`); the store
     passes one, the local writer leaves the simulation's cores alone.
+
+    The writer holds the run's lock (:mod:`~trajstore.store.ownership`) from
+    before it touches the file until it has closed it: a second writer of
+    the run, in any process, gets :class:`RunLockedError`. ``lock``: a lock
+    the caller holds that covers ``path`` (a rebuild or a pull writes a
+    stand-in for a run under the run's lock); the writer releases it when it
+    closes, so pass a :meth:`~trajstore.store.ownership.RunLock.share` to keep
+    it. By default the writer takes ``path``'s own lock.
+
+    Appending to a file a killed writer left open raises
+    :class:`RunLeftOpenError`; :func:`trajstore.store.open_run.open_run_writer`
+    recovers such a file and is what writers use.
     """
 
     def __init__(
@@ -286,19 +308,24 @@ class RunFileWriter:
         *,
         mode: OpenMode = "create",
         chunk_pool: Executor | None = None,
+        lock: RunLock | None = None,
     ):
         self.path = Path(path)
         self.spec = spec
         self._chunk_pool = chunk_pool
         self._dirty: set[int] = set()
+        self._lock: RunLock | None = lock if lock is not None else RunLock.acquire(self.path)
         try:
             self._file, self.groups = self._open(mode)
-        except TrajstoreError:
+        except BaseException as error:
+            self._release_lock()
+            if isinstance(error, TrajstoreError):
+                raise
+            if isinstance(error, FileExistsError):
+                raise RunExistsError(f"{self.path} already exists") from None
+            if isinstance(error, OSError):
+                raise StorageError(f"cannot open {self.path} for writing: {error}") from error
             raise
-        except FileExistsError:
-            raise RunExistsError(f"{self.path} already exists") from None
-        except OSError as e:
-            raise StorageError(f"cannot open {self.path} for writing: {e}") from e
         self._actual_steps = int(self._file.attrs[layout.ATTR_ACTUAL_STEPS])
         #: The run's version (see :func:`~trajstore.store.layout.new_generation`).
         self.generation = int(self._file.attrs.get(layout.ATTR_GENERATION, 0))
@@ -359,12 +386,9 @@ class RunFileWriter:
         try:
             return h5py.File(self.path, "r+", libver=layout.LIBVER)
         except OSError as e:
-            from trajstore.store.recovery import is_left_open, recover
-
-            if not is_left_open(e):
-                raise
-        recover(self.path)  # a killed writer left it open: rebuild from its durable frames
-        return h5py.File(self.path, "r+", libver=layout.LIBVER)
+            if is_left_open(e):  # we hold the lock: its writer is gone
+                raise RunLeftOpenError(f"{self.path} was left open by a writer that died") from e
+            raise
 
     def _bind_existing(self, file: h5py.File) -> list[Hdf5ObjWriter]:
         version = int(file.attrs.get(layout.ATTR_FORMAT, -1))
@@ -535,13 +559,15 @@ class RunFileWriter:
             self._published[group_index] = frames
 
     def close(self) -> None:
-        """Flush and close the file."""
-        if not self._file.id.valid:
-            return
+        """Flush and close the file, then release the run's lock."""
         try:
-            self.flush()
+            if self._file.id.valid:
+                try:
+                    self.flush()
+                finally:
+                    self._file.close()
         finally:
-            self._file.close()
+            self._release_lock()
 
     def abort(self) -> None:
         """Close the file without publishing counts: after :attr:`io_failed`.
@@ -549,41 +575,16 @@ class RunFileWriter:
         The file keeps the counts of the last flush that completed; frames
         written since are not counted, since they may not be on disk.
         """
-        if self._file.id.valid:
-            self._file.close()
+        try:
+            if self._file.id.valid:
+                self._file.close()
+        finally:
+            self._release_lock()
 
-
-def copy_frames(
-    writer: RunFileWriter,
-    frames: Sequence[int],
-    read: Callable[[int, list[int], Any], Sequence[Any]],
-    *,
-    block_bytes: int,
-    on_block: Callable[[int], None] | None = None,
-) -> None:
-    """Copy the first ``frames[g]`` frames of every group ``g`` into ``writer``.
-
-    ``read(group, leaves, index)`` returns ``array[index]`` of each leaf of a
-    run with ``writer``'s schema (a local file when rebuilding one, the store
-    when pulling a run). Blocks hold about ``block_bytes``; ``on_block`` is
-    told the bytes of each one written.
-    """
-    for position, group in enumerate(writer.spec.groups):
-        leaves = list(range(len(group.leaves)))
-        if not group.time_axis:
-            if frames[position]:
-                values = read(position, leaves, ...)
-                writer.write_block(position, 0, 1, [np.asarray(v)[None] for v in values])
-                if on_block is not None:
-                    on_block(group.frame_nbytes)
-            continue
-        per_block = max(1, block_bytes // max(group.frame_nbytes, 1))
-        for start in range(0, frames[position], per_block):
-            stop = min(start + per_block, frames[position])
-            values = read(position, leaves, slice(start, stop))
-            writer.write_block(position, start, stop - start, [np.asarray(v) for v in values])
-            if on_block is not None:
-                on_block((stop - start) * group.frame_nbytes)
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
 
 @dataclass(frozen=True)
