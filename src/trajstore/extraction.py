@@ -45,19 +45,19 @@ class _StepPlan:
     """How to extract one set of due groups.
 
     Attributes:
-        picks: Per due group, per leaf: ``(True, i)`` copies state leaf ``i``;
-            ``(False, k)`` takes output ``k`` of ``compiled`` (owned when
-            ``owned[k]``, copied otherwise).
-        selected: ``(state leaf, shape, dtype)`` that every selected leaf must
-            match for the plan to apply.
-        compiled: The due views' computed leaves as one compiled call, if any.
-        owned: Per compiled output, whether it is a fresh buffer.
+        sources: State leaves that views select, copied as they are.
+        avals: ``(shape, dtype)`` each of them must have for the plan to apply.
+        compiled: What the due views compute, as one compiled call (if any).
+        owned: Per compiled output, whether it is a fresh buffer (else copied).
+        layout: Per due group, its leaves as positions in the selected
+            leaves followed by the compiled outputs.
     """
 
-    picks: tuple[tuple[tuple[bool, int], ...], ...]
-    selected: tuple[tuple[int, tuple[int, ...], np.dtype[Any]], ...]
+    sources: tuple[int, ...]
+    avals: list[tuple[tuple[int, ...], np.dtype[Any]]]
     compiled: Callable[[list[Any]], Sequence[Any]] | None
     owned: tuple[bool, ...]
+    layout: tuple[tuple[int, ...], ...]
 
 
 class _NoFastPathError(Exception):
@@ -126,78 +126,95 @@ class FrameExtractor:
         leaves, treedef = jax.tree_util.tree_flatten(state)
         if treedef != self._treedef:
             raise _NoFastPathError
-        plan = self._plan(tuple(g.position for g in due))
+        key = tuple([g.position for g in due])
+        plan = self._plans[key] if key in self._plans else self._plan(key)
         if plan is None:
             raise _NoFastPathError
-        for source, shape, dtype in plan.selected:
-            leaf = leaves[source]
-            if getattr(leaf, "dtype", None) != dtype or getattr(leaf, "shape", None) != shape:
-                raise _NoFastPathError
+        picked = [leaves[i] for i in plan.sources]
         computed: Sequence[Any] = ()
-        if plan.compiled is not None:
-            try:
-                computed = plan.compiled(leaves)
-            except Exception:  # refused (other avals, placement): per group says why
-                raise _NoFastPathError from None
         if self._async_copies:
-            for picks in plan.picks:
-                for selected, i in picks:
-                    leaf = leaves[i] if selected else computed[i]
-                    if isinstance(leaf, jax.Array):
-                        leaf.copy_to_host_async()
-        owned = plan.owned
-        return [
-            # A tuple of arrays, which the garbage collector stops tracking at its
-            # first pass: frames wait in buffers by the thousand (BENCHMARKS.md, item 24).
-            (
-                g.position,
-                index,
-                tuple(
-                    [
-                        # asarray, then copy: cheaper than np.array, and no view of
-                        # the state's buffer is kept (it would keep JAX from donating it).
-                        np.asarray(leaves[i]).copy()
-                        if selected
-                        else (
-                            np.asarray(computed[i]) if owned[i] else np.asarray(computed[i]).copy()
-                        )
-                        for selected, i in picks
-                    ]
-                ),
+            # Off the host: check with JAX's shapes and dtypes, then start every
+            # copy of the step (the compiled call's outputs too) before any wait.
+            try:
+                if [(leaf.shape, leaf.dtype) for leaf in picked] != plan.avals:
+                    raise _NoFastPathError
+            except AttributeError:  # not an array: per group says why
+                raise _NoFastPathError from None
+            computed = self._call(plan, leaves)
+            for leaf in (*picked, *computed):
+                if isinstance(leaf, jax.Array):
+                    leaf.copy_to_host_async()
+        try:  # host views: their shape and dtype are cheap to read (JAX's are not)
+            views = [np.asarray(leaf) for leaf in picked]
+        except Exception:  # not an array: per group says why
+            raise _NoFastPathError from None
+        if [(view.shape, view.dtype) for view in views] != plan.avals:
+            raise _NoFastPathError
+        if not self._async_copies:
+            computed = self._call(plan, leaves)
+        # Copies of the views: cheaper than np.array, and no view of the state's
+        # buffer is kept (it would keep JAX from donating it).
+        hosts = [view.copy() for view in views]
+        if computed:
+            hosts.extend(
+                [
+                    np.asarray(leaf) if owned else np.asarray(leaf).copy()
+                    for leaf, owned in zip(computed, plan.owned, strict=True)
+                ]
             )
-            for g, index, picks in zip(due, indices, plan.picks, strict=True)
+        # Tuples of arrays, which the garbage collector stops tracking at its
+        # first pass: frames wait in buffers by the thousand (BENCHMARKS.md, item 24).
+        return [
+            (g.position, index, tuple([hosts[j] for j in layout]))
+            for g, index, layout in zip(due, indices, plan.layout, strict=True)
         ]
 
+    @staticmethod
+    def _call(plan: _StepPlan, leaves: list[Any]) -> Sequence[Any]:
+        """The plan's compiled outputs for the state's ``leaves`` (none without a call)."""
+        if plan.compiled is None:
+            return ()
+        try:
+            return plan.compiled(leaves)
+        except Exception:  # refused (other avals, placement): per group says why
+            raise _NoFastPathError from None
+
     def _plan(self, key: tuple[int, ...]) -> _StepPlan | None:
-        if key in self._plans:
-            return self._plans[key]
-        due = [self.groups[position] for position in key]
-        picks: list[tuple[tuple[bool, int], ...]] = []
-        selected: list[tuple[int, tuple[int, ...], np.dtype[Any]]] = []
+        """The plan for the groups at ``key`` (made, and compiled, at its first use)."""
+        sources: list[int] = []
+        avals: list[tuple[tuple[int, ...], np.dtype[Any]]] = []
         wanted: list[tuple[GroupWriters, list[int]]] = []
         owned: list[bool] = []
-        for group in due:
-            sources = group.sources or (None,) * len(group.spec.leaves)
-            group_picks: list[tuple[bool, int]] = []
+        positions: list[list[tuple[bool, int]]] = []
+        for group in (self.groups[position] for position in key):
+            group_sources = group.sources or (None,) * len(group.spec.leaves)
             computed_here: list[int] = []
-            for position, (source, spec) in enumerate(zip(sources, group.spec.leaves, strict=True)):
+            places: list[tuple[bool, int]] = []
+            for leaf, (source, spec) in enumerate(
+                zip(group_sources, group.spec.leaves, strict=True)
+            ):
                 if source is not None and self.mode == "auto":
-                    group_picks.append((True, source))
-                    selected.append((source, spec.shape, spec.np_dtype))
+                    places.append((True, len(sources)))
+                    sources.append(source)
+                    avals.append((spec.shape, spec.np_dtype))
                 else:
-                    group_picks.append((False, len(owned)))
+                    places.append((False, len(owned)))
                     owned.append(source is None)  # a passed-on leaf may share the state's buffer
-                    computed_here.append(position)
-            picks.append(tuple(group_picks))
+                    computed_here.append(leaf)
+            positions.append(places)
             if computed_here:
                 wanted.append((group, computed_here))
+        layout = tuple(
+            tuple([i if selected else len(sources) + i for selected, i in places])
+            for places in positions
+        )
         plan: _StepPlan | None
         try:
             compiled = self._compile(wanted) if wanted else None
         except Exception:  # e.g. views that only trace alone: extract per group
             plan = None
         else:
-            plan = _StepPlan(tuple(picks), tuple(selected), compiled, tuple(owned))
+            plan = _StepPlan(tuple(sources), avals, compiled, tuple(owned), layout)
         self._plans[key] = plan
         return plan
 
