@@ -19,10 +19,10 @@ from trajstore.config import WriterGroupConfig
 from trajstore.errors import FrameMismatchError, SchemaError, StepOrderError
 from trajstore.frequency import frequency_to_json
 from trajstore.pytree import describe, leaf_specs, start_host_copies, to_host
-from trajstore.schema import GroupSpec, RunSpec, check_total_steps, metadata_to_json
+from trajstore.schema import GroupSpec, LeafSpec, RunSpec, check_total_steps, metadata_to_json
 from trajstore.store.layout import MAX_FRAMES
 
-__all__ = ["Frame", "GroupWriters", "prepare_groups", "extract_frames"]
+__all__ = ["Frame", "GroupWriters", "extract_frames", "frames_per_group", "prepare_groups"]
 
 #: One frame ready to write: (group position, time index, host leaves).
 Frame = tuple[int, int, tuple[np.ndarray, ...]]
@@ -44,6 +44,11 @@ class GroupWriters(WriterGroupConfig[Any, Any]):
         treedef: Structure every extracted value must have.
         owned: Whether extracted JAX leaves are fresh buffers nobody else
             holds (compiled views); otherwise they are copied.
+        sources: Per leaf of the view's value, the position of the state's
+            leaf that the (compiled) view returns unchanged, or ``None`` where
+            it computes something: a leaf with a source is a plain selection,
+            which :class:`~trajstore.extraction.FrameExtractor` copies from
+            the state without running XLA. Empty for uncompiled views.
     """
 
     position: int = field(default=0, kw_only=True)
@@ -51,6 +56,7 @@ class GroupWriters(WriterGroupConfig[Any, Any]):
     extract: Callable[[Any], Any] = field(default=None, kw_only=True)  # type: ignore[assignment]
     treedef: Any = field(default=None, kw_only=True)
     owned: bool = field(default=True, kw_only=True)
+    sources: tuple[int | None, ...] = field(default=(), kw_only=True)
     _checks: tuple[tuple[tuple[int, ...], np.dtype[Any]], ...] = field(
         default=(), kw_only=True, repr=False
     )
@@ -132,10 +138,12 @@ def prepare_groups(
             leaf_specs(group_config.view(initial_state))
             extract = jax.jit(group_config.view)
         sample = extract(initial_state)
+        specs = tuple(leaf_specs(sample))
+        sources = selected_sources(group_config.view, initial_state, specs) if compile_views else ()
         spec = GroupSpec(
             name=name,
             time_axis=bool(leading),
-            leaves=tuple(leaf_specs(sample)),
+            leaves=specs,
             structure=describe(sample),
             frequency=frequency_to_json(frequency),
             compression=group_config.compression,
@@ -150,6 +158,7 @@ def prepare_groups(
                 extract=extract,
                 treedef=jax.tree_util.tree_structure(sample),
                 owned=compile_views,
+                sources=sources,
                 _checks=tuple((leaf.shape, leaf.np_dtype) for leaf in spec.leaves),
             )
         )
@@ -162,8 +171,37 @@ def prepare_groups(
     return groups, run
 
 
+def selected_sources(
+    view: Callable[[Any], Any], initial_state: Any, specs: tuple[LeafSpec, ...]
+) -> tuple[int | None, ...]:
+    """Per leaf of ``view``'s value, the state leaf it passes on unchanged (else ``None``).
+
+    Read from the view's jaxpr: an output variable that is an input variable
+    is a plain selection. Only leaves that already are arrays of the stored
+    shape and dtype count (a float64 numpy leaf that the compiled view turns
+    into float32, or a Python scalar, is computed, not selected).
+    """
+    in_leaves = jax.tree_util.tree_leaves(initial_state)
+    jaxpr = jax.make_jaxpr(view)(initial_state).jaxpr
+    if len(jaxpr.invars) != len(in_leaves) or len(jaxpr.outvars) != len(specs):
+        return (None,) * len(specs)
+    sources: list[int | None] = []
+    for var, spec in zip(jaxpr.outvars, specs, strict=True):
+        source = next((i for i, v in enumerate(jaxpr.invars) if v is var), None)
+        if source is not None:
+            leaf = in_leaves[source]
+            if not (
+                isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+                and leaf.shape == spec.shape
+                and leaf.dtype == spec.np_dtype
+            ):
+                source = None
+        sources.append(source)
+    return tuple(sources)
+
+
 def extract_frames(groups: list[GroupWriters], state: Any, step: int) -> list[Frame]:
-    """Every frame due at ``step``, as host copies taken now.
+    """Every frame due at ``step``, as host copies taken now; one view call per group.
 
     Views run and are checked for all groups before any copy, so a bad frame
     raises before anything of this step is queued.
@@ -171,7 +209,12 @@ def extract_frames(groups: list[GroupWriters], state: Any, step: int) -> list[Fr
     due = [g for g in groups if g.logging_frequency.should_log(step)]
     if not due:
         return []
-    extracted = [(g, g.time_index(step), g.leaves_of(state)) for g in due]
+    return frames_per_group(due, [g.time_index(step) for g in due], state)
+
+
+def frames_per_group(due: list[GroupWriters], indices: list[int], state: Any) -> list[Frame]:
+    """The frames of the ``due`` groups at time ``indices``: each view run and checked alone."""
+    extracted = [(g, index, g.leaves_of(state)) for g, index in zip(due, indices, strict=True)]
     for _, _, leaves in extracted:
         start_host_copies(leaves)
     return [

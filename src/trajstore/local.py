@@ -13,7 +13,8 @@ import numpy as np
 
 from trajstore.checks import check_positive
 from trajstore.errors import NotOpenError, StepOrderError
-from trajstore.groups import GroupWriters, extract_frames, prepare_groups
+from trajstore.extraction import EXTRACTIONS, Extraction, FrameExtractor
+from trajstore.groups import prepare_groups
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec
 from trajstore.store.background import DEFAULT_MAX_PENDING_BYTES, BackgroundWriter
@@ -80,6 +81,11 @@ class HDF5StorageWriter(Generic[State, Config]):
             existing file) or ``"append"`` (resume a run written before).
         max_pending_bytes: Bound on logged bytes not yet written.
         flush_interval: If set, make data durable at least this often (seconds).
+        extraction: How compiled views run at each step: ``"auto"`` (default:
+            leaves a view only selects are copied from the state without
+            XLA, the rest of every group due runs as one compiled call),
+            ``"fused"`` (all of it in one compiled call) or ``"per_group"``
+            (one compiled call per group). All write the same frames.
     """
 
     def __init__(
@@ -94,7 +100,10 @@ class HDF5StorageWriter(Generic[State, Config]):
         mode: OpenMode = "overwrite",
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         flush_interval: float | None = None,
+        extraction: Extraction = "auto",
     ) -> None:
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {extraction!r}")
         if mode not in ("create", "overwrite", "append"):
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
         check_positive("max_pending_bytes", max_pending_bytes, integer=True)
@@ -108,7 +117,8 @@ class HDF5StorageWriter(Generic[State, Config]):
         self.mode: OpenMode = mode
         self.max_pending_bytes = max_pending_bytes
         self.flush_interval = flush_interval
-        self._groups: list[GroupWriters] = []
+        self.extraction: Extraction = extraction
+        self._extractor: FrameExtractor | None = None
         self._writer: BackgroundWriter | None = None
         self._clock = StepClock()
 
@@ -117,17 +127,21 @@ class HDF5StorageWriter(Generic[State, Config]):
             raise NotOpenError("this writer is already open")
         if self.initial_state is None:  # let go of at the first __enter__
             raise NotOpenError("a writer opens once; create a new one to log again")
-        self._groups, spec = prepare_groups(
+        groups, spec = prepare_groups(
             self.config,
             self.initial_state,
             self.total_steps,
             compile_views=self.compile_views,
             metadata=self.metadata,
         )
+        extractor = FrameExtractor(
+            groups, self.initial_state, compiled=self.compile_views, mode=self.extraction
+        )
         file = open_run_writer(self.out_path, spec, mode=self.mode)
         self._writer = BackgroundWriter(
             file, max_pending_bytes=self.max_pending_bytes, flush_interval=self.flush_interval
         )
+        self._extractor = extractor
         self._clock = StepClock()
         self.initial_state = None  # do not keep a whole state alive
         return self
@@ -137,10 +151,11 @@ class HDF5StorageWriter(Generic[State, Config]):
         writer = self._require_open()
         writer.raise_if_failed()
         step = self._clock.check(step)
-        frames = extract_frames(self._groups, state, step)  # raises before anything is taken
+        assert self._extractor is not None  # set with the writer
+        frames = self._extractor.frames(state, step)  # raises before anything is taken
         self._clock.commit(step)
-        for group, index, leaves in frames:
-            writer.submit_frame(group, index, leaves)
+        if frames:
+            writer.submit_frames(frames)
         writer.set_actual_steps(step + 1)
 
     def flush(self) -> None:

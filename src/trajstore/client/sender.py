@@ -259,7 +259,19 @@ class BlockSender:
 
     def put_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
         """Queue one frame; blocks while the bound on unacknowledged bytes is reached."""
-        nbytes = sum(leaf.nbytes for leaf in leaves)
+        self.put_frames([(group, index, leaves)])
+
+    def put_frames(self, frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]) -> None:
+        """Queue the frames of one step, ``(group, index, leaves)`` each, in one go.
+
+        One lock round trip for them all; they wait for room together (a step
+        larger than the bound still goes through alone).
+        """
+        queued = [
+            _Frame(group, index, leaves, sum([leaf.nbytes for leaf in leaves]))
+            for group, index, leaves in frames
+        ]
+        nbytes = sum([frame.nbytes for frame in queued])
         with self._cond:
             self._check_open()
             while (
@@ -270,7 +282,7 @@ class BlockSender:
                 self._cond.wait()
             self.raise_if_failed()
             self._pending_bytes += nbytes
-            self._inbox.append(_Frame(group, index, leaves, nbytes))
+            self._inbox.extend(queued)
             self._cond.notify_all()
 
     def put_block(

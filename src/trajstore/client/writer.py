@@ -20,7 +20,8 @@ from trajstore.client.journal import JournalWriter
 from trajstore.client.sender import BlockSender
 from trajstore.client.session import Session, close_session, open_session
 from trajstore.errors import JournalError, JournalLeftWarning, NotOpenError
-from trajstore.groups import GroupWriters, extract_frames, prepare_groups
+from trajstore.extraction import EXTRACTIONS, Extraction, FrameExtractor
+from trajstore.groups import prepare_groups
 from trajstore.local import StepClock
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
@@ -75,6 +76,8 @@ class RemoteStorageWriter(Generic[State, Config]):
             journal in order and deletes it. If the writer closes first, the
             journal stays (a :class:`~trajstore.errors.JournalLeftWarning` says
             where) and ``trajstore push JOURNAL`` uploads it later.
+        extraction: How compiled views run at each step; as for
+            :class:`~trajstore.HDF5StorageWriter`.
     """
 
     def __init__(
@@ -95,7 +98,10 @@ class RemoteStorageWriter(Generic[State, Config]):
         timeout: float = 60.0,
         reconnect_timeout: float = 300.0,
         journal: str | os.PathLike[str] | None = None,
+        extraction: Extraction = "auto",
     ) -> None:
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {extraction!r}")
         if mode not in wire.MODES:
             raise ValueError(f"mode must be 'create', 'overwrite' or 'append', got {mode!r}")
         check_positive("max_pending_bytes", max_pending_bytes, integer=True)
@@ -110,6 +116,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.mode = mode
         self.metadata = metadata
         self.compile_views = compile_views
+        self.extraction: Extraction = extraction
         self.max_pending_bytes = max_pending_bytes
         self.send_interval = send_interval
         self.timeout = timeout
@@ -119,7 +126,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.journal_left: Path | None = None
         self._metadata = call_metadata(token)
         self._tls_ca = tls_ca
-        self._groups: list[GroupWriters] = []
+        self._extractor: FrameExtractor | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.IngestServiceStub | None = None
         self._sender: BlockSender | None = None
@@ -137,12 +144,15 @@ class RemoteStorageWriter(Generic[State, Config]):
                 f"journal {self.journal} already exists: upload it first with "
                 f"`trajstore push {self.journal}`, or choose another path"
             )
-        self._groups, spec = prepare_groups(
+        groups, spec = prepare_groups(
             self.config,
             self.initial_state,
             self.total_steps,
             compile_views=self.compile_views,
             metadata=self.metadata,
+        )
+        extractor = FrameExtractor(
+            groups, self.initial_state, compiled=self.compile_views, mode=self.extraction
         )
         self._channel = open_channel(self.address, self._tls_ca)
         self._stub = pb_grpc.IngestServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -164,6 +174,7 @@ class RemoteStorageWriter(Generic[State, Config]):
             reconnect_timeout=self.reconnect_timeout,
             open_journal=None if self.journal is None else self._journal_opener(self.journal),
         )
+        self._extractor = extractor
         self._clock = StepClock()
         self.initial_state = None
         return self
@@ -199,10 +210,11 @@ class RemoteStorageWriter(Generic[State, Config]):
         sender = self._require_open()
         sender.raise_if_failed()
         step = self._clock.check(step)
-        frames = extract_frames(self._groups, state, step)  # raises before anything is taken
+        assert self._extractor is not None  # set with the sender
+        frames = self._extractor.frames(state, step)  # raises before anything is taken
         self._clock.commit(step)
-        for group, index, leaves in frames:
-            sender.put_frame(group, index, leaves)
+        if frames:
+            sender.put_frames(frames)
         sender.actual_steps = step + 1
 
     def flush(self) -> None:

@@ -49,6 +49,17 @@ __all__ = ["DEFAULT_MAX_PENDING_BYTES", "BackgroundWriter"]
 #: Default bound on bytes submitted but not yet written.
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
 
+#: While frames keep coming, the writing thread looks for them this often
+#: (seconds) rather than being woken for each step: a wake-up per step cost
+#: the logging thread more than its own work (the GIL changes hands twice;
+#: issue #18). Frames are buffered for block writes anyway, and a flush, a
+#: caller waiting for room or a full batch still wakes the thread at once.
+FRAME_POLL_SECONDS = 0.01
+
+#: ... or once this many items or bytes are queued.
+FRAME_WAKE_ITEMS = 1024
+FRAME_WAKE_BYTES = 1 << 20
+
 
 @dataclass
 class _Block:
@@ -92,6 +103,10 @@ class _Buffer:
         return self.start + self.count
 
 
+def _shorter(timeout: float | None, poll: float) -> float:
+    return poll if timeout is None else min(timeout, poll)
+
+
 class BackgroundWriter:
     """Writes frames to a :class:`RunFileWriter` on a background thread.
 
@@ -132,6 +147,9 @@ class BackgroundWriter:
         self._batch = [layout.batch_frames(g) for g in file.spec.groups]
         self._buffers = [_Buffer() for _ in file.spec.groups]
         self._queue: deque[_Block | _Flush | None] = deque()
+        self._queued_bytes = 0  # in the queue, submitted since the thread last took it
+        self._queued_at = 0.0  # when the queue last went from empty to not
+        self._polling = False  # the thread looks for frames every FRAME_POLL_SECONDS
         self._cond = threading.Condition()
         self._pending_bytes = 0
         self._waiting = 0
@@ -169,11 +187,28 @@ class BackgroundWriter:
 
     def submit_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
         """Queue one frame (one array per leaf, without a time axis)."""
-        # A tuple of arrays: the garbage collector stops tracking it at its first
+        self.submit_frames([(group, index, leaves)])
+
+    def submit_frames(self, frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]) -> None:
+        """Queue the frames of one step, ``(group, index, leaves)`` each, in one go.
+
+        One lock round trip for them all; they wait for room together (a step
+        larger than the bound still goes through alone).
+        """
+        # Tuples of arrays: the garbage collector stops tracking them at its first
         # pass, so thousands of buffered frames do not make its full passes --
         # which walk every object of the process -- more frequent (item 24).
-        stacked = tuple(leaf[np.newaxis] for leaf in leaves)
-        self._put(_Block(group, index, 1, stacked, sum(a.nbytes for a in leaves)))
+        blocks = [
+            _Block(
+                group,
+                index,
+                1,
+                tuple([leaf[np.newaxis] for leaf in leaves]),
+                sum([leaf.nbytes for leaf in leaves]),
+            )
+            for group, index, leaves in frames
+        ]
+        self._put(*blocks, lazy=True)
 
     def submit_block(
         self,
@@ -230,8 +265,9 @@ class BackgroundWriter:
             raise error
         raise WriterFailedError(f"background writer failed: {error!r}") from error
 
-    def _put(self, item: _Block | _Flush) -> None:
-        nbytes = item.nbytes if isinstance(item, _Block) else 0
+    def _put(self, *items: _Block | _Flush, lazy: bool = False) -> None:
+        """Queue ``items``; with ``lazy``, wake the writing thread only if it does not poll."""
+        nbytes = sum([item.nbytes for item in items if isinstance(item, _Block)])
         with self._cond:
             self.raise_if_failed()
             if self._closed:
@@ -253,7 +289,17 @@ class BackgroundWriter:
                 if self._closed:  # closed while this caller waited for room
                     raise NotOpenError("the writer was closed")
                 self._pending_bytes += nbytes
-            self._queue.append(item)
+            if not self._queue:
+                self._queued_at = time.monotonic()
+            self._queue.extend(items)
+            self._queued_bytes += nbytes
+            if (
+                lazy
+                and self._polling
+                and len(self._queue) < FRAME_WAKE_ITEMS
+                and self._queued_bytes < FRAME_WAKE_BYTES
+            ):
+                return  # the writing thread finds them within FRAME_POLL_SECONDS
             self._cond.notify_all()
 
     # ------------------------------------------------------ background thread
@@ -293,9 +339,18 @@ class BackgroundWriter:
                     timeout = self._flush_due_in()
                     if timeout is not None and timeout <= 0:
                         break
-                    self._cond.wait(timeout)
+                    if not self._polling:
+                        self._cond.wait(timeout)
+                    elif not self._cond.wait(_shorter(timeout, FRAME_POLL_SECONDS)):
+                        # Nothing came for a whole poll: be woken by the next frame.
+                        self._polling = bool(self._queue)
                 items = list(self._queue)
                 self._queue.clear()
+                self._queued_bytes = 0
+                # Frames keep coming: look for the next ones rather than be woken.
+                self._polling = any(isinstance(item, _Block) for item in items)
+                if self._polling and self._unflushed_since is None:
+                    self._unflushed_since = self._queued_at  # flush_interval counts from then
             self._guarded(self._advance_flush)
             for item in items:
                 if item is None:
