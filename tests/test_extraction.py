@@ -101,7 +101,7 @@ def file_contents(path: Any) -> dict[str, Any]:
                 out[name] = (data.dtype.str, np.shape(data), np.asarray(data).tobytes())
 
         f.visititems(visit)
-        out["attrs"] = {k: str(v) for k, v in f.attrs.items() if k != "created"}
+        out["attrs"] = {k: str(v) for k, v in f.attrs.items() if k not in ("created", "generation")}
     return out
 
 

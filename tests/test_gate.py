@@ -187,13 +187,17 @@ def test_one_host_holds_at_most_its_share_of_reads(tmp_path):
         "4",
         "--max-reads-per-peer",
         "2",
+        "--log-level",
+        "debug",
     )
     held = Held()
     calls = []
     try:
         with grpc.insecure_channel(store.address) as channel:
             query = qpb_grpc.QueryServiceStub(channel)
-            calls = [query.FetchStream(held.requests()) for _ in range(2)]
+            calls = [query.FetchStream(held.requests(), wait_for_ready=True) for _ in range(2)]
+            # Both held calls are in before this host asks for more.
+            wait_until(lambda: any("has 2 read calls open" in line for line in store.log))
 
             def refused() -> bool:
                 try:
@@ -204,7 +208,12 @@ def test_one_host_holds_at_most_its_share_of_reads(tmp_path):
                     return True
                 return False
 
-            wait_until(refused)
+            def held_calls_refuse_others() -> bool:
+                for call in calls:  # a held call that ended can no longer fill the share
+                    assert not call.done(), f"held call ended: {call.code()} {call.details()}"
+                return refused()
+
+            wait_until(held_calls_refuse_others)
             for call in calls:
                 call.cancel()
             wait_until(lambda: not refused())  # the host's calls ended: it reads again

@@ -151,8 +151,7 @@ class HDF5StorageWriter(Generic[State, Config]):
         writer = self._require_open()
         writer.raise_if_failed()
         step = self._clock.check(step)
-        assert self._extractor is not None  # set with the writer
-        frames = self._extractor.frames(state, step)  # raises before anything is taken
+        frames = self._require_extractor().frames(state, step)  # raises before anything is taken
         self._clock.commit(step)
         if frames:
             writer.submit_frames(frames)
@@ -182,6 +181,11 @@ class HDF5StorageWriter(Generic[State, Config]):
         if self._writer is None:
             raise NotOpenError("log() and flush() work only inside the writer's `with` block")
         return self._writer
+
+    def _require_extractor(self) -> FrameExtractor:
+        if self._extractor is None:
+            raise NotOpenError("log() works only inside the writer's `with` block")
+        return self._extractor
 
 
 class _FileLeaves:

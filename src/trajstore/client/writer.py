@@ -210,8 +210,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         sender = self._require_open()
         sender.raise_if_failed()
         step = self._clock.check(step)
-        assert self._extractor is not None  # set with the sender
-        frames = self._extractor.frames(state, step)  # raises before anything is taken
+        frames = self._require_extractor().frames(state, step)  # raises before anything is taken
         self._clock.commit(step)
         if frames:
             sender.put_frames(frames)
@@ -264,3 +263,8 @@ class RemoteStorageWriter(Generic[State, Config]):
         if self._sender is None:
             raise NotOpenError("log() and flush() work only inside the writer's `with` block")
         return self._sender
+
+    def _require_extractor(self) -> FrameExtractor:
+        if self._extractor is None:
+            raise NotOpenError("log() works only inside the writer's `with` block")
+        return self._extractor
