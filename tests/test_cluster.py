@@ -305,3 +305,32 @@ def test_a_writer_reconnecting_elsewhere_waits_for_the_old_sessions_lock(three_s
             again.log(live_state(step), step)
     with connect(b.address) as client, client.open_run("held") as run:
         np.testing.assert_array_equal(run.focus_group("group['x']")[:]["b"], np.arange(10))
+
+
+def write_frames(address: str, run: str, steps: range, mode: str, offset: int = 0) -> None:
+    """Log ``steps`` of the live writer's run through ``address``; frame i holds i + offset."""
+    config = live_config()
+    with RemoteStorageWriter(
+        address, run, config, live_state(0), 100, mode=mode, compile_views=False
+    ) as log:
+        for step in steps:
+            log.log(live_state(step + offset), step)
+
+
+def read_values(address: str, run: str) -> np.ndarray:
+    with connect(address) as client, client.open_run(run) as opened:
+        return np.asarray(opened.focus_group("group['x']")[:]["b"])
+
+
+def test_a_store_never_serves_a_run_as_it_was_before_another_store_changed_it(three_stores):
+    """B has the run's file open from earlier reads; A and C rewrite it under B."""
+    a, b, c = three_stores
+    write_frames(a.address, "again", range(10), "create")
+    np.testing.assert_array_equal(read_values(b.address, "again"), np.arange(10))
+    write_frames(a.address, "again", range(5), "overwrite", offset=100)
+    np.testing.assert_array_equal(read_values(b.address, "again"), np.arange(5) + 100)
+    write_frames(c.address, "again", range(5, 8), "append", offset=100)
+    np.testing.assert_array_equal(read_values(b.address, "again"), np.arange(8) + 100)
+    with connect(b.address) as client:
+        (info,) = client.list_runs()
+    assert info.frames["group['x']"] == 8 and not info.open

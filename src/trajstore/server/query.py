@@ -489,7 +489,8 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                 if session is not None and acked is not None:
                     session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
                 elif elsewhere.still_written(request.run, left_open):
-                    time.sleep(self.poll_interval)  # new frames show in the file
+                    # New frames show in the file at the writer's flushes.
+                    time.sleep(min(self.poll_interval, self.registry.config.flush_interval))
                 else:
                     return  # closed, and everything was sent
         except Exception as e:
