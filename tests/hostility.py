@@ -22,6 +22,7 @@ import numpy as np
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from trajstore import wire
+from trajstore.client.channel import open_channel
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.v1 import ingest_pb2 as pb
 from trajstore.v1 import ingest_pb2_grpc as pb_grpc
@@ -112,7 +113,7 @@ class Hostile(threading.Thread):
             self._idle_reflection,
             self._huge_listing,
         ]
-        with grpc.insecure_channel(self.address) as channel:
+        with open_channel(self.address) as channel:  # a list of stores: routed at random
             ingest = pb_grpc.IngestServiceStub(channel)
             query = qpb_grpc.QueryServiceStub(channel)
             while not self._halt.is_set():

@@ -249,6 +249,17 @@ def main() -> None:
     show_envvar=True,
     help="host:port for a Prometheus /metrics endpoint (default: none).",
 )
+@click.option(
+    "--processes",
+    envvar="TRAJSTORE_PROCESSES",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    show_envvar=True,
+    help="Store processes on this host sharing the data dir (one per core is the point), "
+    "on consecutive ports from --listen's (port 0: each its own); clients are given the "
+    "list printed at start.",
+)
 def serve(
     data_dir: Path,
     listen: str,
@@ -273,8 +284,14 @@ def serve(
     insecure: bool,
     shutdown_grace: float,
     metrics_listen: str | None,
+    processes: int,
 ) -> None:
     """Run a storage server until SIGTERM or SIGINT, then drain, flush and exit."""
+    if processes > 1:
+        _serve_processes(
+            processes, data_dir, listen, metrics_listen, shutdown_grace, log_level, log_format
+        )
+        return
     from trajstore.allocator import keep_large_buffers
     from trajstore.server import Limits
     from trajstore.server import serve as start_server
@@ -288,24 +305,27 @@ def serve(
         max_pending_bytes_per_run=max_pending_bytes,
         max_open_runs=max_open_runs,
     )
-    handle = start_server(
-        data_dir,
-        listen,
-        limits=limits,
-        flush_interval=flush_interval,
-        flush_bytes=flush_bytes,
-        compress_threads=compress_threads,
-        lease_seconds=lease_seconds,
-        max_workers=max_workers,
-        write_workers=write_workers,
-        max_reads_per_peer=max_reads_per_peer,
-        idle_stream_seconds=idle_stream_seconds,
-        metrics_listen=metrics_listen,
-        tokens=Tokens.load(tokens_file, tokens),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        insecure=insecure,
-    )
+    try:
+        handle = start_server(
+            data_dir,
+            listen,
+            limits=limits,
+            flush_interval=flush_interval,
+            flush_bytes=flush_bytes,
+            compress_threads=compress_threads,
+            lease_seconds=lease_seconds,
+            max_workers=max_workers,
+            write_workers=write_workers,
+            max_reads_per_peer=max_reads_per_peer,
+            idle_stream_seconds=idle_stream_seconds,
+            metrics_listen=metrics_listen,
+            tokens=Tokens.load(tokens_file, tokens),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            insecure=insecure,
+        )
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -320,8 +340,13 @@ def serve(
     # Wake every second: a signal that reached one of gRPC's threads runs its
     # Python handler only once the main thread runs again, and an untimed wait
     # never does (seen after SIGSTOP/SIGCONT: SIGTERM then went unheard).
+    from trajstore.server.processes import SUPERVISOR_ENV
+
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
     while not stop.wait(1.0):
-        pass
+        if supervisor and os.getppid() != supervisor:
+            click.echo("trajstore: the supervising process is gone", err=True)
+            break
     click.echo("trajstore: stopping: draining streams, flushing runs", err=True)
     handle.stop(grace=shutdown_grace)
     # Every run is flushed and closed: leave without the interpreter's finalizers,
@@ -329,6 +354,61 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _serve_processes(
+    count: int,
+    data_dir: Path,
+    listen: str,
+    metrics_listen: str | None,
+    shutdown_grace: float,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """``serve --processes N``: start N store processes, restart any that dies, stop them all."""
+    from trajstore.server.processes import Supervisor, process_listens
+
+    _configure_logging(log_level, log_format)
+    try:
+        listens = process_listens(listen, metrics_listen, count)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen/--metrics-listen") from None
+    # Every setting reaches the processes through its environment variable.
+    ctx = click.get_current_context()
+    env = {}
+    for param in ctx.command.params:
+        name, envvar = param.name, getattr(param, "envvar", None)
+        if not isinstance(envvar, str) or name is None:
+            continue
+        value = ctx.params.get(name)
+        if value is None or value is False:
+            env[envvar] = ""
+        else:
+            env[envvar] = "1" if value is True else str(value)
+    # Unset settings are left out (an empty variable would be taken as a value).
+    environment = {k: v for k, v in env.items() if v != ""}
+    for key in env.keys() - environment.keys():
+        os.environ.pop(key, None)
+    supervisor = Supervisor(listens, environment)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        addresses = supervisor.start()
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"trajstore serving on {','.join(addresses)} (data in {data_dir}; {count} processes)"
+    )
+    sys.stdout.flush()
+    supervisor.watch(stop)
+    click.echo(f"trajstore: stopping {count} store processes", err=True)
+    code = supervisor.stop(grace=shutdown_grace)
+    sys.exit(code)
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -355,7 +435,7 @@ address_option = click.option(
     default="127.0.0.1:50051",
     show_default=True,
     show_envvar=True,
-    help="host:port of the store.",
+    help="host:port of the store; several stores: a comma list or a dns:/// name.",
 )
 token_option = click.option(
     "--token",
@@ -546,7 +626,8 @@ def pull(run: str, output: Path, address: str, token: str | None, tls_ca: Path |
     envvar="TRAJSTORE_ADDRESS",
     default=None,
     show_envvar=True,
-    help="host:port of the store [default: the one the writer used].",
+    help="host:port of the store, a comma list or a dns:/// name "
+    "[default: the one the writer used].",
 )
 @token_option
 @tls_option

@@ -77,7 +77,7 @@ def push_journal(
     with JournalReader(path) as reader:
         target = address or reader.address
         spec = wire.schema_from_proto(reader.open_request.schema)
-        metadata = call_metadata(token)
+        metadata = call_metadata(token, reader.run)
         channel = open_channel(target, tls_ca)
         try:
             stub = pb_grpc.IngestServiceStub(channel)  # type: ignore[no-untyped-call]

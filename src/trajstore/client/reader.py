@@ -17,7 +17,7 @@ import numpy as np
 
 from trajstore import wire
 from trajstore.blockcodec import IncomingArrays, IncomingPart, query_method
-from trajstore.client.channel import call_metadata, open_channel
+from trajstore.client.channel import ROUTING_HEADER, call_metadata, open_channel, route_key
 from trajstore.client.fetch_stream import FetchStream
 from trajstore.errors import (
     InvalidArgumentError,
@@ -95,6 +95,16 @@ class RunInfo:
         )
 
 
+class _RouteKeys(dict[str, tuple[tuple[str, str], ...]]):
+    """The routing metadata of each run asked for (computed once per run)."""
+
+    def __missing__(self, run: str) -> tuple[tuple[str, str], ...]:
+        if len(self) > 4096:
+            self.clear()
+        value = self[run] = ((ROUTING_HEADER, route_key(run)),)
+        return value
+
+
 class _Calls:
     """One channel and the metadata every call carries; maps gRPC errors to ours."""
 
@@ -113,12 +123,20 @@ class _Calls:
         self.follow = query_method(self.channel, "Follow")
         self.fetch_unary = query_method(self.channel, "Fetch")
         self.metadata = call_metadata(token)
+        self._routes = _RouteKeys()
         self.timeout = timeout
         self.fetch_stream = FetchStream(self.channel, self.metadata, timeout=timeout)
 
+    def _metadata_for(self, request: Any) -> tuple[tuple[str, str], ...]:
+        """The call's metadata; a request about one run is routed to that run's store."""
+        run = getattr(request, "run", "")
+        if not run and isinstance(getattr(request, "read", None), qpb.ReadRequest):
+            run = request.read.run
+        return self.metadata + self._routes[run] if run else self.metadata
+
     def unary(self, method: Callable[..., T], request: Any) -> T:
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(request, timeout=self.timeout, metadata=self._metadata_for(request))
         except grpc.RpcError as e:
             raise wire.error_from_rpc(e) from None
 
@@ -126,7 +144,7 @@ class _Calls:
         self, method: Callable[..., Any], request: Any, *, timeout: float | None = None
     ) -> Iterator[Any]:
         try:
-            yield from method(request, timeout=timeout, metadata=self.metadata)
+            yield from method(request, timeout=timeout, metadata=self._metadata_for(request))
         except grpc.RpcError as e:
             raise wire.error_from_rpc(e) from None
 
@@ -405,7 +423,9 @@ class RemoteStorageReader:
     Use as a context manager; also works on runs still being written.
 
     Args:
-        address: ``host:port`` of the store.
+        address: ``host:port`` of the store; several stores sharing one data
+            directory: ``host1:port,host2:port`` or a ``dns:///`` name (calls
+            about a run go to one of them, chosen by the run name).
         run: Run name.
         token: Bearer token (default: ``TRAJSTORE_TOKEN``).
         timeout: Seconds to wait for each unary call.
@@ -517,7 +537,9 @@ class Client:
     """A connection to a store, for analysts: list, open and pull runs.
 
     Args:
-        address: ``host:port`` of the store.
+        address: ``host:port`` of the store; several stores sharing one data
+            directory: ``host1:port,host2:port`` or a ``dns:///`` name (calls
+            about a run go to one of them, chosen by the run name).
         token: Bearer token (default: ``TRAJSTORE_TOKEN``).
         timeout: Seconds to wait for each unary call.
         tls_ca: CA certificate (PEM) to connect with TLS (default: ``TRAJSTORE_TLS_CA``).
@@ -599,7 +621,7 @@ def connect(
     timeout: float | None = 60.0,
     tls_ca: str | os.PathLike[str] | None = None,
 ) -> Client:
-    """Connect to the store at ``address`` (``host:port``).
+    """Connect to the store at ``address`` (``host:port``, a comma list, or ``dns:///name:port``).
 
     Args:
         address: The store.

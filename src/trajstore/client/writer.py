@@ -49,7 +49,9 @@ class RemoteStorageWriter(Generic[State, Config]):
     :class:`~trajstore.TrajstoreError` subclass the server raised.
 
     Args:
-        address: ``host:port`` of the store.
+        address: ``host:port`` of the store; several stores sharing one data
+            directory: ``host1:port,host2:port`` or a ``dns:///`` name (calls
+            about a run go to one of them, chosen by the run name).
         run: Run name, e.g. ``"project/run-7"``.
         config: Pytree whose leaves are :class:`~trajstore.WriterGroupConfig`.
         initial_state: A state like the ones to be logged.
@@ -124,7 +126,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         self.journal = Path(journal) if journal is not None else None
         #: The journal left on disk by ``__exit__`` (the store was away), else ``None``.
         self.journal_left: Path | None = None
-        self._metadata = call_metadata(token)
+        self._metadata = call_metadata(token, run)
         self._tls_ca = tls_ca
         self._extractor: FrameExtractor | None = None
         self._channel: grpc.Channel | None = None

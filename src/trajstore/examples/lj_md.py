@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--address", help="store host:port (default: TRAJSTORE_ADDRESS)")
+    target.add_argument(
+        "--address",
+        help="store host:port, a comma list or a dns:/// name (default: TRAJSTORE_ADDRESS)",
+    )
     target.add_argument("--local", help="write this local HDF5 file instead")
     parser.add_argument("--run", default="demo/lj", help="run name on the store")
     parser.add_argument("--steps", type=int, default=2000)

@@ -81,6 +81,10 @@ def _build(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry, Gate]:
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
+            # gRPC shares a port with any other process by default (SO_REUSEPORT):
+            # a second store started on a port in use would silently get half of
+            # its connections. Each store process has its own port (``--processes``).
+            ("grpc.so_reuseport", 0),
             *KEEPALIVE_OPTIONS,
         ],
         interceptors=[gate],
@@ -104,16 +108,24 @@ def _build(config: ServerConfig) -> tuple[grpc.Server, int, RunRegistry, Gate]:
         ),
         server,
     )
+    credentials = None
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials(
             [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
         )
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
     if port == 0:
         gate.close()
-        raise OSError(f"cannot listen on {config.listen}")
+        raise OSError(
+            f"cannot listen on {config.listen}: the port is in use (another store?) "
+            f"or the address is not this host's"
+        )
     return server, port, registry, gate
 
 

@@ -8,16 +8,24 @@ it for writing waits until they are done and drops the cached handle. A
 writer waiting goes first: reads that start after it wait for it, so a
 steady stream of reads cannot keep a run from being reopened; and it waits
 a bounded time, so a reader that stalls cannot hold a writer forever.
+
+Another process may write a run too (several stores on one data
+directory). A cached handle shows the file as it was when opened (HDF5
+keeps one view of a file per process), so a handle on a run nobody writes
+*here* is checked against the file's size, times and inode at every read:
+once the file changed, the reads on the old handle finish, and the next
+one opens the file again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +33,7 @@ from trajstore.errors import RunLockedError, RunNotFoundError
 from trajstore.server.names import run_path
 from trajstore.store.reader import RunFileReader
 
-__all__ = ["RunFiles"]
+__all__ = ["RunFiles", "file_version"]
 
 
 @dataclass
@@ -34,12 +42,23 @@ class _Entry:
     writing: bool = False
     writers_waiting: int = 0
     handle: RunFileReader | None = None
+    version: tuple[int, ...] = ()  # the file's stat when the handle was opened
+    stale: bool = False  # the file changed since: replace the handle once its reads end
     evicted: bool = False  # dropped from RunFiles: whoever holds it looks the run up again
     changed: threading.Condition = field(default_factory=threading.Condition)
 
 
 def _readable(entry: _Entry) -> bool:
-    return not entry.writing and not entry.writers_waiting
+    return not entry.writing and not entry.writers_waiting and not (entry.stale and entry.readers)
+
+
+def file_version(path: Path) -> tuple[int, ...]:
+    """What changes whenever a file is written or replaced: inode, size, times (``()``: gone)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def _writable(entry: _Entry) -> bool:
@@ -55,11 +74,20 @@ class RunFiles:
             handle kept open; beyond them the least recently used idle ones
             are forgotten (so asking for many runs, existing or not, costs
             bounded memory and no per-read scan).
+        written_here: Whether a writer in this process holds a run: its
+            handles see the writer's frames as they come, and need no check
+            against the file (set by the server's run registry).
     """
 
-    def __init__(self, data_dir: Path, max_cached: int = 64) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        max_cached: int = 64,
+        written_here: Callable[[str], bool] = lambda run: False,
+    ) -> None:
         self.data_dir = data_dir
         self.max_cached = max_cached
+        self.written_here = written_here
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
@@ -87,10 +115,21 @@ class RunFiles:
                 entry.changed.wait_for(functools.partial(_readable, entry))
                 if entry.evicted:
                     continue
+                if entry.handle is not None and not entry.stale and not self.written_here(run):
+                    entry.stale = file_version(entry.handle.path) != entry.version
+                if entry.stale:
+                    if entry.readers:
+                        continue  # wait until the reads on the old handle end
+                    if entry.handle is not None:
+                        entry.handle.close()
+                        entry.handle = None
+                    entry.stale = False
                 if entry.handle is None:
                     path = run_path(self.data_dir, run)
-                    if path.exists():
+                    version = file_version(path)
+                    if version:
                         entry.handle = RunFileReader(path)
+                        entry.version = version
                 if entry.handle is not None:
                     entry.readers += 1
                 handle = entry.handle

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import grpc
@@ -31,6 +32,32 @@ log = logging.getLogger("trajstore.server")
 #: Runs per ListRuns page unless the caller asks for fewer; the most it may ask for.
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
+
+
+class _OtherWriter:
+    """Whether a run followed here is still written by another process.
+
+    It is while another process holds the run's lock. A file left open with
+    its lock free was left by a writer that died (a store killed with its
+    sessions): its client reconnects to another store, which takes the lock
+    and goes on, so a follower waits for that up to a lease before it takes
+    the run as closed.
+    """
+
+    def __init__(self, registry: RunRegistry) -> None:
+        self.registry = registry
+        self._free_since: float | None = None
+
+    def still_written(self, run: str, left_open: bool) -> bool:
+        if self.registry.is_open(run) or self.registry.written_elsewhere(run):
+            self._free_since = None
+            return True
+        if not left_open:
+            return False
+        now = time.monotonic()
+        if self._free_since is None:
+            self._free_since = now
+        return now - self._free_since < self.registry.config.lease_seconds
 
 
 class QueryServicer(qpb_grpc.QueryServiceServicer):
@@ -151,14 +178,14 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     def _info(self, run: str, summary: RunSummary) -> qpb.RunInfo:
         if summary.problem:
             state = qpb.RUN_STATE_DAMAGED
-        elif self.registry.is_open(run):
+        elif self.registry.is_open(run) or self.registry.written_elsewhere(run):
             state = qpb.RUN_STATE_OPEN
         else:
             state = qpb.RUN_STATE_CLOSED
         frames: Sequence[int] = summary.frames
         session = self.registry.session_for(run)
         generation = summary.generation
-        if session is not None and not session.closed:
+        if session is not None and not session.closed and not summary.problem:
             ack, generation = session.view()
             frames = ack.frames
         return qpb.RunInfo(
@@ -425,6 +452,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
             next_frame = request.start
             # The generation followed: checked before and after every batch read.
             pinned: int | None = request.generation or None
+            elsewhere = _OtherWriter(self.registry)
             while context.is_active():
                 session = self.registry.session_for(request.run)
                 acked = session.ack if session is not None else None
@@ -438,6 +466,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                             old_generation=pinned or 0,
                             new_generation=now,
                         )
+                    left_open = reader.left_open
                     available, now = self._view(reader, request.run, group)
                     pinned = self._follow_pin(reader, request.run, group, pinned, now, next_frame)
                     count = min(per_batch, available - next_frame)
@@ -457,9 +486,12 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
                     yield from self._follow_parts(next_frame, count, pieces)
                     next_frame += count
                     continue
-                if session is None or acked is None:
+                if session is not None and acked is not None:
+                    session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
+                elif elsewhere.still_written(request.run, left_open):
+                    time.sleep(self.poll_interval)  # new frames show in the file
+                else:
                     return  # closed, and everything was sent
-                session.wait_for_ack(acked, self.poll_interval, stop=lambda: False)
         except Exception as e:
             abort_with(context, e)
 

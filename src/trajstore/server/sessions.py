@@ -26,6 +26,7 @@ from trajstore.errors import (
     RunLockedError,
     RunNotFoundError,
     StepOrderError,
+    TrajstoreError,
     UnavailableError,
 )
 from trajstore.schema import RunSpec
@@ -37,6 +38,7 @@ from trajstore.server.names import run_path
 from trajstore.store import layout
 from trajstore.store.background import BackgroundWriter
 from trajstore.store.open_run import open_run_writer
+from trajstore.store.ownership import is_locked
 from trajstore.store.writer import OpenMode
 
 __all__ = ["Ack", "BlockHeader", "RunRegistry", "WriterSession"]
@@ -318,6 +320,7 @@ class RunRegistry:
     def __init__(self, config: ServerConfig, files: RunFiles, metrics: Metrics | None = None):
         self.config = config
         self.files = files
+        files.written_here = self.is_open
         self.metrics = metrics
         #: The gRPC health service, set by ``create_server``.
         self.health: Any = None
@@ -464,6 +467,15 @@ class RunRegistry:
         """Whether a writer holds ``run`` (or is opening it, or still closing it)."""
         with self._lock:
             return run in self._by_run or run in self._opening or run in self._closing
+
+    def written_elsewhere(self, run: str) -> bool:
+        """Whether another process (another store, a local writer) holds ``run``'s lock now."""
+        if self.is_open(run):
+            return False
+        try:
+            return is_locked(run_path(self.config.data_dir, run))
+        except TrajstoreError:  # a name that is no run here
+            return False
 
     def session_for(self, run: str) -> WriterSession | None:
         """The session writing ``run``, if one is open."""

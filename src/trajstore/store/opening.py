@@ -16,6 +16,14 @@ stalls with it. So:
 
 A file that cannot be opened for any reason but its absence or its
 permissions is reported as :class:`~trajstore.errors.RunDamagedError`.
+
+Run files are opened without HDF5's file lock (``locking=False``), by
+readers and writers alike (HDF5 refuses to open one file twice in a process
+with different settings): HDF5's lock would keep a writer in another process
+from opening a run any reader holds open (another store's cached handle).
+Writers are kept apart by the run's own lock (``store/ownership.py``), and
+a reader learns that a file changed under its handle by the file's size and
+times.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ def _set_read_attempts() -> Any:
 
 def _open_swmr(path: Path) -> h5py.File:
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_file_locking(False, True)
     set_attempts = _set_read_attempts()
     if set_attempts is not None and set_attempts(fapl.id, SWMR_READ_ATTEMPTS) < 0:
         raise StorageError("HDF5 refused to bound its metadata read attempts")
@@ -89,7 +98,7 @@ def open_for_reading(path: Path) -> h5py.File:
         StorageError: It cannot be read for another reason (permissions).
     """
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", locking=False)
     except FileNotFoundError:
         raise RunNotFoundError(f"no run file at {path}") from None
     except PermissionError as e:

@@ -49,12 +49,13 @@ from typing import Any
 
 from trajstore.errors import RunLockedError, StorageError
 
-__all__ = ["LOCK_SUFFIX", "RunLock", "lock_path"]
+__all__ = ["LOCK_SUFFIX", "RunLock", "is_locked", "lock_path"]
 
 #: Appended to a run file's name to name its lock file.
 LOCK_SUFFIX = ".lock"
 
 _OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+_OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None)
 _REFUSED = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 _UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
@@ -73,6 +74,35 @@ def _lock_exclusive(fd: int) -> None:
         fcntl.fcntl(fd, _OFD_SETLK, request + bytes(32))
     else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_locked(run_path: str | os.PathLike[str]) -> bool:
+    """Whether a writer -- in any process, on any host sharing the lock -- holds ``run_path``.
+
+    Asks without taking anything (``F_OFD_GETLK``), so a writer acquiring
+    the lock meanwhile is never refused because of the question. Where
+    there are no OFD locks it briefly takes a shared ``flock`` instead.
+    """
+    path = lock_path(run_path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no lock file: never written under a lock
+    try:
+        if _OFD_GETLK is not None:
+            request = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0) + bytes(32)
+            answer = fcntl.fcntl(fd, _OFD_GETLK, request)
+            (kind,) = struct.unpack("h", answer[:2])
+            return bool(kind != fcntl.F_UNLCK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            return e.errno in _REFUSED
+        return False  # the shared lock goes with the descriptor, closed below
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class RunLock:

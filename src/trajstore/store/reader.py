@@ -110,6 +110,14 @@ class RunFileReader:
         self._file.close()
 
     @property
+    def left_open(self) -> bool:
+        """Whether the file was open for writing when this handle opened it.
+
+        By a live writer, or left so by a killed one: read with SWMR.
+        """
+        return bool(self._file.swmr_mode)
+
+    @property
     def created(self) -> float | None:
         """When the run was created (Unix time), if the file records it."""
         value = self._file.attrs.get(layout.ATTR_CREATED)

@@ -172,7 +172,7 @@ def _rebuild(path: Path, lock: RunLock) -> None:
     finally:
         reader.close()
     if created is not None:
-        with h5py.File(rebuilt, "r+") as f:
+        with h5py.File(rebuilt, "r+", locking=False) as f:
             f.attrs[layout.ATTR_CREATED] = created
         sync_file(rebuilt)
     os.replace(rebuilt, path)  # the original goes only once its rebuild is on disk

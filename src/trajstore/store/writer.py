@@ -366,7 +366,7 @@ class RunFileWriter:
             raise RunExistsError(f"{self.path} already exists")
         target = Path(os.path.realpath(self.path))  # a symlinked path: its target is replaced
         staging = target.with_name(target.name + ".creating")
-        file = h5py.File(staging, "w", libver=layout.LIBVER)
+        file = h5py.File(staging, "w", libver=layout.LIBVER, locking=False)
         try:
             for key, value in layout.run_attrs(self.spec).items():
                 file.attrs[key] = value
@@ -384,7 +384,7 @@ class RunFileWriter:
 
     def _open_existing(self) -> h5py.File:
         try:
-            return h5py.File(self.path, "r+", libver=layout.LIBVER)
+            return h5py.File(self.path, "r+", libver=layout.LIBVER, locking=False)
         except OSError as e:
             if is_left_open(e):  # we hold the lock: its writer is gone
                 raise RunLeftOpenError(f"{self.path} was left open by a writer that died") from e
