@@ -24,6 +24,7 @@ from servers import (
     StoreProcess,
     assert_every_frame_once,
     durable_frames,
+    free_port,
     live_config,
     live_state,
     start_live_writer,
@@ -334,3 +335,38 @@ def test_a_store_never_serves_a_run_as_it_was_before_another_store_changed_it(th
     with connect(b.address) as client:
         (info,) = client.list_runs()
     assert info.frames["group['x']"] == 8 and not info.open
+
+
+def test_a_writer_closes_through_the_store_holding_its_session(tmp_path):
+    """Its run's store dies and comes back while the writer goes on elsewhere: it still closes.
+
+    The writer's calls about the run hash to the store that came back, but its
+    session lives on the store it reconnected to; the close travels on the
+    write stream, which reaches that one.
+    """
+    data = tmp_path / "data"
+    ports = [free_port() for _ in range(3)]
+    stores = [
+        start_store(data, "--log-level", "INFO", "--log-format", "json", port=p) for p in ports
+    ]
+    everyone = addresses(stores)
+    try:
+        writer = start_live_writer(everyone, "moved", 500, 0.01)
+        wait_until(lambda: serving(stores, "moved"))
+        (home,) = serving(stores, "moved")
+        wait_until(lambda: durable_frames(stores[home].address, "moved") > 30)
+        stores[home].stop(signal.SIGKILL)
+        others = [s for i, s in enumerate(stores) if i != home]
+        wait_until(
+            lambda: any("moved" in line and "run opened" in line for s in others for line in s.log)
+        )
+        stores[home] = start_store(
+            data, "--log-level", "INFO", "--log-format", "json", port=ports[home]
+        )
+        finish(writer)
+    finally:
+        for s in stores:
+            s.stop()
+    assert_every_frame_once(data / "moved.h5", 500)
+    with h5py.File(data / "moved.h5", "r") as f:  # closed cleanly, with its steps recorded
+        assert int(f.attrs["actual_steps"]) == 500

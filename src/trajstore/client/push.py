@@ -197,12 +197,13 @@ def _send(
                 block.group, block.start, block.count, block.payload, block.actual_steps
             )
             frames += block.count
-        sender.close()
+        sender.close(close_run=True)
     except BaseException:
         sender.cancel()
         _release(stub, sender.session, metadata, timeout)
         raise
-    close_session(stub, sender.session, plan.actual_steps, metadata=metadata, timeout=timeout)
+    if sender.closed_run is None:  # the stream did not close it (a store before close=True)
+        close_session(stub, sender.session, plan.actual_steps, metadata=metadata, timeout=timeout)
     return PushResult(
         run=reader.run,
         address=address,

@@ -231,6 +231,10 @@ class BlockSender:
         self._unjournaled: list[_Block] = []  # blocks a failed journal write lost
         #: The journal left on disk by :meth:`close` (the store did not take all of it).
         self.journal_left: Path | None = None
+        #: ``(frames per group, actual steps)`` once the store closed the run on
+        #: :meth:`close`'s request (``None``: not closed through the stream).
+        self.closed_run: tuple[list[int], int] | None = None
+        self._close_run = False  # close() asked the store to close the run
         self._encoder = threading.Thread(
             target=self._encode_loop, name="trajstore-encode", daemon=True
         )
@@ -313,11 +317,18 @@ class BlockSender:
         self.raise_if_failed()
         return done
 
-    def close(self) -> None:
+    def close(self, *, close_run: bool = False) -> None:
         """Flush, end the stream and stop the threads; raise any error.
 
         A journal still holding blocks the store has not acknowledged stays
         on disk, with a closing record, as :attr:`journal_left`.
+
+        Args:
+            close_run: Also have the store close the run (recording
+                :attr:`actual_steps`) through the write stream, which reaches
+                the store process holding the session; a stream that breaks
+                before the store confirmed is reopened to close again.
+                :attr:`closed_run` says whether it was.
         """
         if self._closed:
             return
@@ -328,6 +339,7 @@ class BlockSender:
                     self.flush()  # the store is back: upload the journal before closing
         finally:
             with self._cond:
+                self._close_run = close_run and self._error is None and not self._spilling
                 self._closed = True
                 self._inbox.append(_END)
                 self._cond.notify_all()
@@ -583,10 +595,17 @@ class BlockSender:
                 flushes_sent = wanted
                 yield pb.WriteRequest(flush=True, actual_steps=self.actual_steps)
             elif ending:
+                if self._close_run:
+                    yield pb.WriteRequest(close=True, actual_steps=self.actual_steps)
                 return
             else:
                 yield pb.WriteRequest()  # keepalive: renews the lease
             last_sent = time.monotonic()
+
+    @property
+    def _close_unsure(self) -> bool:
+        """Whether the run is to be closed and the store has not confirmed it."""
+        return self._close_run and self.closed_run is None
 
     def _block_at(self, number: int) -> _Block | None:
         if not self._blocks:
@@ -601,7 +620,9 @@ class BlockSender:
                 self._run_stream(first_block)
                 return  # the stream ended because we closed it
             except _StreamBrokeError as broke:
-                if self._error is not None or (self._closed and self._ending and not self._blocks):
+                if self._error is not None or (
+                    self._closed and self._ending and not self._blocks and not self._close_unsure
+                ):
                     return
                 log.warning("write stream broke (%s); reconnecting", broke)
             except TrajstoreError as e:
@@ -630,6 +651,8 @@ class BlockSender:
                 acked = int(response.durable_block)
                 if 0 < acked <= len(sent):
                     self._on_ack(sent[acked - 1])
+                if response.closed:
+                    self.closed_run = (list(response.durable_frames), int(response.actual_steps))
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             if code in _RETRIABLE and not (self._closed and code == grpc.StatusCode.CANCELLED):

@@ -233,10 +233,10 @@ class RemoteStorageWriter(Generic[State, Config]):
             return
         try:
             try:
-                sender.close()
+                sender.close(close_run=True)
             finally:
                 self.journal_left = sender.journal_left
-                if self.journal_left is None:
+                if self.journal_left is None and sender.closed_run is None:
                     self._close_run(sender.session, sender.actual_steps)
             if self.journal_left is not None:
                 message = (

@@ -66,19 +66,26 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
             actual_steps = bounds.check_count(
                 request.actual_steps, "actual_steps", errors.StepOrderError
             )
-        session = self.registry.get(request.session)
-        ack = self.registry.close(request.session, actual_steps)
-        run, recorded = session.run, session.writer.file.actual_steps
+        ack, recorded = self._close(request.session, actual_steps, context)
+        return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=recorded)
+
+    def _close(
+        self, session_id: str, actual_steps: int | None, context: grpc.ServicerContext
+    ) -> tuple[Ack, int]:
+        """Close a session's run (CloseRun, or a Write stream's close); its frames and steps."""
+        session = self.registry.get(session_id)
+        ack = self.registry.close(session_id, actual_steps)
+        recorded = session.writer.file.actual_steps
         log.info(
             "run closed",
             extra={
-                "run": run,
+                "run": session.run,
                 "frames": list(ack.frames),
                 "peer": context.peer(),
                 "actual_steps": recorded,
             },
         )
-        return pb.CloseRunResponse(frames=list(ack.frames), actual_steps=recorded)
+        return ack, recorded
 
     def Write(  # noqa: N802 (gRPC method name)
         self,
@@ -106,6 +113,8 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[pb.WriteResponse]:
         failure: list[BaseException] = []
+        closed: list[tuple[Ack, int]] = []  # the run's final frames and steps, once closed
+        closing = threading.Event()  # the writer asked to close the run
         done = threading.Event()
 
         def consume() -> None:
@@ -113,6 +122,11 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
                 request: IncomingWrite | None = first
                 while request is not None:
                     _receive(session, request)
+                    if request.fields.close:
+                        closing.set()
+                        steps = request.fields.actual_steps
+                        closed.append(self._close(session.id, steps or None, context))
+                        return
                     request = next(requests, None)
                 session.writer.flush()  # the client is done: make everything durable
             except Exception as e:
@@ -142,8 +156,15 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
                 break
             if session.closed or not context.is_active():
                 break
+        if closing.is_set():
+            done.wait()  # the close ends the consumer: its outcome decides the stream's end
         if failure:
             abort_with(context, failure[0])
+        elif closed:
+            ack, steps = closed[0]
+            final = _ack_message(ack)
+            final.closed, final.actual_steps = True, steps
+            yield final
 
 
 def _receive(session: WriterSession, incoming: IncomingWrite) -> None:

@@ -20,6 +20,9 @@ R = TypeVar("R")
 
 def abort_with(context: grpc.ServicerContext, error: BaseException) -> None:
     """End the call with ``error``'s status code; name its class for the client."""
+    if isinstance(error, grpc.RpcError):  # reading the client's next message: it went away
+        log.debug("call ended by its client: %r", error)
+        error = errors.UnavailableError("the call was ended by the client")
     if not isinstance(error, errors.TrajstoreError):
         log.exception("unexpected error", exc_info=error)
         error = errors.StorageError(f"internal server error: {error!r}")

@@ -108,7 +108,7 @@ class OpenRunResponse(_message.Message):
     def __init__(self, session: _Optional[str] = ..., frames: _Optional[_Iterable[int]] = ..., actual_steps: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("session", "block", "group", "start", "count", "total_bytes", "offset", "data", "actual_steps", "flush")
+    __slots__ = ("session", "block", "group", "start", "count", "total_bytes", "offset", "data", "actual_steps", "flush", "close")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class WriteRequest(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     FLUSH_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
     session: str
     block: int
     group: int
@@ -129,15 +130,20 @@ class WriteRequest(_message.Message):
     data: bytes
     actual_steps: int
     flush: bool
-    def __init__(self, session: _Optional[str] = ..., block: _Optional[int] = ..., group: _Optional[int] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., actual_steps: _Optional[int] = ..., flush: _Optional[bool] = ...) -> None: ...
+    close: bool
+    def __init__(self, session: _Optional[str] = ..., block: _Optional[int] = ..., group: _Optional[int] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., actual_steps: _Optional[int] = ..., flush: _Optional[bool] = ..., close: _Optional[bool] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("durable_block", "durable_frames")
+    __slots__ = ("durable_block", "durable_frames", "closed", "actual_steps")
     DURABLE_BLOCK_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     durable_block: int
     durable_frames: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, durable_block: _Optional[int] = ..., durable_frames: _Optional[_Iterable[int]] = ...) -> None: ...
+    closed: bool
+    actual_steps: int
+    def __init__(self, durable_block: _Optional[int] = ..., durable_frames: _Optional[_Iterable[int]] = ..., closed: _Optional[bool] = ..., actual_steps: _Optional[int] = ...) -> None: ...
 
 class CloseRunRequest(_message.Message):
     __slots__ = ("session", "actual_steps")
