@@ -117,10 +117,26 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(writer_kind: str, workload: str, target: str, scale: float, extraction: str) -> dict:
-    """Log ``workload`` through ``writer_kind``; time until everything is durable."""
+def run(
+    writer_kind: str,
+    workload: str,
+    target: str,
+    scale: float,
+    extraction: str,
+    barrier: bool = False,
+) -> dict:
+    """Log ``workload`` through ``writer_kind``; time until everything is durable.
+
+    With ``barrier``, print ``ready`` once the states are built and wait for a
+    line on stdin before opening the writer (so that concurrent writers start
+    together); ``began_at`` and ``ended_at`` (wall clock) then span the open too.
+    """
     steps = steps_of(workload, scale)
     prebuilt = states(workload, steps)
+    if barrier:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    began_at = time.time()
     if writer_kind == "seed":
         from kups.core import lens, storage
 
@@ -159,6 +175,8 @@ def run(writer_kind: str, workload: str, target: str, scale: float, extraction: 
     return {
         "steps": steps,
         "seconds": seconds,
+        "began_at": began_at,
+        "ended_at": time.time(),
         "us_per_step": seconds / steps * 1e6,
         "log_median_us": median,
         "log_p99_us": float(np.percentile(latencies, 99) * 1e6),
@@ -228,8 +246,11 @@ def main() -> int:
     parser.add_argument("target", help="a file path, or ADDRESS/RUN for the remote writer")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--extraction", default="auto", help="trajstore writers: auto, ...")
+    parser.add_argument(
+        "--barrier", action="store_true", help="print 'ready', start on a line from stdin"
+    )
     args = parser.parse_args()
-    result = run(args.writer, args.workload, args.target, args.scale, args.extraction)
+    result = run(args.writer, args.workload, args.target, args.scale, args.extraction, args.barrier)
     print(json.dumps(result), flush=True)
     return 0
 
