@@ -127,16 +127,14 @@ def run(
 ) -> dict:
     """Log ``workload`` through ``writer_kind``; time until everything is durable.
 
-    With ``barrier``, print ``ready`` once the states are built and wait for a
-    line on stdin before opening the writer (so that concurrent writers start
-    together); ``began_at`` and ``ended_at`` (wall clock) then span the open too.
+    Time runs from the writer's ``__enter__`` (views compiled, run opened) to
+    the end of its ``__exit__``. With ``barrier``, the writer prints ``ready``
+    once entered and waits for a line on stdin before it logs, so that
+    concurrent writers log together; then time (also ``began_at``, wall clock)
+    starts after the wait and leaves the opening out.
     """
     steps = steps_of(workload, scale)
     prebuilt = states(workload, steps)
-    if barrier:
-        print("ready", flush=True)
-        sys.stdin.readline()
-    began_at = time.time()
     if writer_kind == "seed":
         from kups.core import lens, storage
 
@@ -161,9 +159,16 @@ def run(
             )
     latencies = np.empty(steps)
     rss_before = _rss_mb()
+    began_at = time.time()
     cpu_before = os.times()
     started = time.perf_counter()
     with writer:
+        if barrier:  # open (views compiled, run opened): wait for the others
+            print("ready", flush=True)
+            sys.stdin.readline()
+            began_at = time.time()
+            cpu_before = os.times()
+            started = time.perf_counter()
         for step in range(steps):
             state = prebuilt[step % len(prebuilt)]
             t = time.perf_counter()
