@@ -117,8 +117,22 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(writer_kind: str, workload: str, target: str, scale: float, extraction: str) -> dict:
-    """Log ``workload`` through ``writer_kind``; time until everything is durable."""
+def run(
+    writer_kind: str,
+    workload: str,
+    target: str,
+    scale: float,
+    extraction: str,
+    barrier: bool = False,
+) -> dict:
+    """Log ``workload`` through ``writer_kind``; time until everything is durable.
+
+    Time runs from the writer's ``__enter__`` (views compiled, run opened) to
+    the end of its ``__exit__``. With ``barrier``, the writer prints ``ready``
+    once entered and waits for a line on stdin before it logs, so that
+    concurrent writers log together; then time (also ``began_at``, wall clock)
+    starts after the wait and leaves the opening out.
+    """
     steps = steps_of(workload, scale)
     prebuilt = states(workload, steps)
     if writer_kind == "seed":
@@ -145,9 +159,16 @@ def run(writer_kind: str, workload: str, target: str, scale: float, extraction: 
             )
     latencies = np.empty(steps)
     rss_before = _rss_mb()
+    began_at = time.time()
     cpu_before = os.times()
     started = time.perf_counter()
     with writer:
+        if barrier:  # open (views compiled, run opened): wait for the others
+            print("ready", flush=True)
+            sys.stdin.readline()
+            began_at = time.time()
+            cpu_before = os.times()
+            started = time.perf_counter()
         for step in range(steps):
             state = prebuilt[step % len(prebuilt)]
             t = time.perf_counter()
@@ -159,6 +180,8 @@ def run(writer_kind: str, workload: str, target: str, scale: float, extraction: 
     return {
         "steps": steps,
         "seconds": seconds,
+        "began_at": began_at,
+        "ended_at": time.time(),
         "us_per_step": seconds / steps * 1e6,
         "log_median_us": median,
         "log_p99_us": float(np.percentile(latencies, 99) * 1e6),
@@ -228,8 +251,11 @@ def main() -> int:
     parser.add_argument("target", help="a file path, or ADDRESS/RUN for the remote writer")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--extraction", default="auto", help="trajstore writers: auto, ...")
+    parser.add_argument(
+        "--barrier", action="store_true", help="print 'ready', start on a line from stdin"
+    )
     args = parser.parse_args()
-    result = run(args.writer, args.workload, args.target, args.scale, args.extraction)
+    result = run(args.writer, args.workload, args.target, args.scale, args.extraction, args.barrier)
     print(json.dumps(result), flush=True)
     return 0
 

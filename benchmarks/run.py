@@ -19,12 +19,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.grpc_baseline import pull, push, round_trip, stream_round_trip
+from benchmarks.jax_states import WORKLOADS as JAX_WORKLOADS
+from benchmarks.jax_states import seed_python
 from benchmarks.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +38,13 @@ def quiet_disk() -> None:
     os.sync()
 
 
-def worker(*args: str, module: str = "benchmarks.workloads") -> dict[str, Any]:
+def worker(
+    *args: str, module: str = "benchmarks.workloads", python: str = sys.executable
+) -> dict[str, Any]:
     """Run one measured writer (or reader) in its own process, on a quiet disk."""
     quiet_disk()
     out = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [python, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -101,17 +106,29 @@ def writers(
     return result
 
 
-def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> float:
-    """One fan-in: ``clients`` remote MD writers started together; their aggregate bytes/s."""
+def fan_in_round(
+    address: str,
+    run_prefix: str,
+    scale: float,
+    clients: int,
+    workload_command: tuple[str, ...] = ("benchmarks.workloads", "remote", "md"),
+    on_start: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One fan-in: ``clients`` remote writers started together; each one's JSON result.
+
+    ``workload_command`` is the worker module and its arguments before the
+    target (its results need ``bytes``, ``began_at`` and ``ended_at``). The
+    writers import and set up first, print ``ready``, and start logging
+    together on a line from stdin; ``on_start`` runs just before that line is
+    sent (to read counters at the start).
+    """
     quiet_disk()
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "benchmarks.workloads",
-                "remote",
-                "md",
+                *workload_command,
                 f"{address}/{run_prefix}-{i}",
                 "--scale",
                 str(scale),
@@ -128,6 +145,8 @@ def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> f
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("a fan-in writer failed to start")
+    if on_start is not None:
+        on_start()
     for p in procs:  # all at once
         assert p.stdin is not None
         p.stdin.write("go\n")
@@ -136,9 +155,20 @@ def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> f
     for p in procs:
         assert p.stdout is not None
         outs.append(json.loads(p.stdout.read().strip().splitlines()[-1]))
-        p.wait(3600)
+        if p.wait(3600) != 0:
+            raise RuntimeError(f"a fan-in writer exited with {p.returncode}")
+    return outs
+
+
+def aggregate_bytes_per_second(outs: list[dict[str, Any]]) -> float:
+    """The writers' bytes over the time from the first start to the last end."""
     wall = max(o["ended_at"] for o in outs) - min(o["began_at"] for o in outs)
     return sum(o["bytes"] for o in outs) / wall
+
+
+def _fan_in_once(address: str, run_prefix: str, scale: float, clients: int) -> float:
+    """One fan-in: ``clients`` remote MD writers started together; their aggregate bytes/s."""
+    return aggregate_bytes_per_second(fan_in_round(address, run_prefix, scale, clients))
 
 
 def fan_in(address: str, data: Path, scale: float, clients: int, repeats: int) -> dict[str, Any]:
@@ -168,6 +198,81 @@ def fan_in(address: str, data: Path, scale: float, clients: int, repeats: int) -
         "aggregate_runs_mb_s": [a / 1e6 for a in aggregates],
         "local_single_runs_mb_s": [s / 1e6 for s in singles],
     }
+
+
+#: The JAX-state writers of every round: (column, writer, extraction).
+JAX_WRITERS = (
+    ("local", "local", "auto"),
+    ("remote", "remote", "auto"),
+    ("seed", "seed", "auto"),
+)
+#: MD also runs per-group extraction (the path before issue 18's fused one).
+JAX_MD_PER_GROUP = (
+    ("local_per_group", "local", "per_group"),
+    ("remote_per_group", "remote", "per_group"),
+)
+
+
+def jax_states(
+    address: str, data: Path, scale: float, repeats: int, seed: str | None
+) -> dict[str, Any]:
+    """JAX-state workloads (``benchmarks/jax_states.py``): local, remote and the seed's writer.
+
+    Each round runs every writer once on each workload, in turn; ratios
+    (the seed's time over ours) are taken within a round, then the median.
+    Without ``seed`` (the interpreter of a venv with ``kups``) the seed's
+    column is left out.
+    """
+    out: dict[str, Any] = {}
+    for name in JAX_WORKLOADS:
+        writers_of = list(JAX_WRITERS) + (list(JAX_MD_PER_GROUP) if name == "md" else [])
+        if seed is None:
+            writers_of = [w for w in writers_of if w[1] != "seed"]
+        rows: dict[str, list[dict[str, Any]]] = {column: [] for column, _, _ in writers_of}
+        for number in range(repeats):
+            order = writers_of if number % 2 == 0 else writers_of[::-1]
+            for column, kind, extraction in order:
+                target = (
+                    f"{address}/bench/jax-{name}"
+                    if kind == "remote"
+                    else str(data / f"jax-{kind}-{name}.h5")
+                )
+                options = ["--scale", str(scale)]
+                if extraction != "auto":
+                    options += ["--extraction", extraction]
+                rows[column].append(
+                    worker(
+                        kind,
+                        name,
+                        target,
+                        *options,
+                        module="benchmarks.jax_states",
+                        python=seed if kind == "seed" else sys.executable,
+                    )
+                )
+        result: dict[str, Any] = {
+            column: {key: median(measured, key) for key in measured[0]}
+            for column, measured in rows.items()
+        }
+        for column in rows:
+            if column == "seed" or "seed" not in rows:
+                continue
+            ratios = [
+                s["seconds"] / ours["seconds"]
+                for s, ours in zip(rows["seed"], rows[column], strict=True)
+            ]
+            result[f"{column}_speedup_vs_seed"] = statistics.median(ratios)
+            result[f"{column}_speedup_vs_seed_range"] = [min(ratios), max(ratios)]
+        for kind in ("local", "remote"):
+            if f"{kind}_per_group" in rows:
+                ratios = [
+                    before["seconds"] / now["seconds"]
+                    for before, now in zip(rows[f"{kind}_per_group"], rows[kind], strict=True)
+                ]
+                result[f"{kind}_speedup_vs_per_group"] = statistics.median(ratios)
+                result[f"{kind}_speedup_vs_per_group_range"] = [min(ratios), max(ratios)]
+        out[name] = result
+    return out
 
 
 def reads(address: str, data: Path, run: str, samples: int, bare: str) -> dict[str, Any]:
@@ -259,6 +364,8 @@ def table(results: dict[str, Any]) -> str:
             f"scalars: remote {r['steps'] / r['remote']['seconds']:.0f} steps/s, "
             f"local {r['steps'] / r['local']['seconds']:.0f} steps/s"
         )
+    if "jax_states" in results:
+        lines.extend(jax_table(results["jax_states"]))
     if "grpc" in results:
         g = results["grpc"]
         lines.append(f"bare gRPC stream: {g['mb_s_1mib']:.0f} MB/s at 1 MiB messages")
@@ -296,12 +403,55 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def jax_table(jax_results: dict[str, Any]) -> list[str]:
+    """The JAX-state workloads' lines of :func:`table`."""
+    lines = [
+        "JAX states (registered dataclass of jax arrays), us per step "
+        "(log() median per group) and the seed's time over ours (min-max):",
+        f"  seed writer: {jax_results['seed_writer']}",
+    ]
+    for name in JAX_WORKLOADS:
+        r = jax_results.get(name)
+        if not r:
+            continue
+        cells = []
+        for column in (
+            "local",
+            "remote",
+            "seed",
+            "local_per_group",
+            "remote_per_group",
+        ):
+            if column not in r:
+                continue
+            cell = (
+                f"{column} {r[column]['us_per_step']:.1f} "
+                f"({r[column]['log_median_us_per_group']:.1f})"
+            )
+            if f"{column}_speedup_vs_seed" in r:
+                low, high = r[f"{column}_speedup_vs_seed_range"]
+                cell += f" {r[f'{column}_speedup_vs_seed']:.2f}x ({low:.2f}-{high:.2f})"
+            cells.append(cell)
+        lines.append(f"  {name:15s}" + "; ".join(cells))
+        for kind in ("local", "remote"):
+            if f"{kind}_speedup_vs_per_group" in r:
+                low, high = r[f"{kind}_speedup_vs_per_group_range"]
+                lines.append(
+                    f"  {'':15s}{kind}: per-group time over fused "
+                    f"{r[f'{kind}_speedup_vs_per_group']:.2f}x ({low:.2f}-{high:.2f})"
+                )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="shrink workloads (1: full)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny workloads, one repeat")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument(
+        "--no-seed", action="store_true", help="leave out the seed's writer (kups 1.0.8)"
+    )
     args = parser.parse_args()
     scale, repeats = (0.02, 1) if args.quick else (args.scale, args.repeats)
     data = Path(tempfile.mkdtemp(prefix="trajstore-bench-"))
@@ -328,6 +478,14 @@ def main() -> int:
         results["md_zstd"] = measure("md", scale, repeats, zstd=True)
         results["scalars"] = measure("scalars", scale, repeats)
         results["big"] = measure("big", scale, repeats)
+        if args.no_seed:
+            seed, why = None, "--no-seed"
+        else:  # made once under .venv-seed/ (Python 3.12 and PyPI); --quick only uses it
+            seed, why = seed_python(ROOT / ".venv-seed", create=not args.quick)
+        results["jax_states"] = jax_states(address, data, scale, repeats, seed)
+        results["jax_states"]["seed_writer"] = (
+            f"kups 1.0.8 ({seed}, {why})" if seed else f"left out: {why}"
+        )
         total = results["md"]["bytes"]
         results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
         results["fan_in"] = fan_in(address, data, scale / 2, 8, repeats)

@@ -37,3 +37,49 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path):
     assert results["reads"]["whole_remote_vs_bare"] > 0
     assert results["reads"]["frame_remote_vs_bare_stream"] > 0
     assert "remote/local" in result.stdout
+    jax_results = results["jax_states"]
+    assert jax_results["seed_writer"]  # the seed's kups, or why it was left out
+    for name in ("scalars_groups", "scalars_one", "md"):
+        for writer in ("local", "remote"):
+            figures = jax_results[name][writer]
+            assert {"us_per_step", "log_median_us_per_group", "cpu_s"} <= set(figures)
+            assert figures["us_per_step"] > 0
+    assert jax_results["md"]["remote_speedup_vs_per_group"] > 0
+    if "seed" in jax_results["scalars_groups"]:
+        assert jax_results["scalars_groups"]["local_speedup_vs_seed"] > 0
+
+
+def test_cluster_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "cluster.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.cluster",
+            "--writers",
+            "2",
+            "--processes",
+            "1,2",
+            "--scale",
+            "0.01",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["processes"] == [1, 2]
+    assert [[row["processes"] for row in r] for r in results["rounds"]] == [[1, 2], [2, 1]]
+    for count in ("1", "2"):
+        summary = results["summary"][count]
+        assert summary["aggregate_mb_s"] > 0
+        assert summary["store_cpu_ms_per_mb"] > 0
+        assert summary["throughput_vs_1"] > 0
+    assert results["summary"]["1"]["throughput_vs_1"] == 1.0
+    assert "vs N=1" in result.stdout
