@@ -69,6 +69,14 @@ log = logging.getLogger("trajstore.client")
 #: A block aims at this many bytes (fewer when a group's batch is smaller).
 BLOCK_TARGET_BYTES = 4 << 20
 
+#: While frames keep coming, the encoder looks for them this often (seconds)
+#: rather than being woken -- with every other thread waiting on the lock --
+#: at each step (issue 18: the wake-up cost as much as the rest of ``log()``);
+#: a flush, the end, or this many queued frames or bytes wake it at once.
+FRAME_POLL_SECONDS = 0.01
+FRAME_WAKE_ITEMS = 1024
+FRAME_WAKE_BYTES = 1 << 20
+
 
 @dataclass
 class _Frame:
@@ -150,6 +158,10 @@ class _StreamBrokeError(Exception):
 
 
 _RETRIABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+def _shorter(timeout: float | None, poll: float) -> float:
+    return poll if timeout is None else min(timeout, poll)
 _END = object()
 
 
@@ -201,6 +213,8 @@ class BlockSender:
         ]
         self._cond = threading.Condition()
         self._inbox: deque[_Frame | _RawBlock | _FlushMarker | object] = deque()
+        self._inbox_bytes = 0  # frame bytes queued since the encoder last took the inbox
+        self._encoder_polling = False  # the encoder looks for frames every FRAME_POLL_SECONDS
         self._pending = [_Pending() for _ in spec.groups]
         self._pending_bytes = 0
         self._blocks: deque[_Block] = deque()  # sealed, not yet acknowledged
@@ -287,6 +301,13 @@ class BlockSender:
             self.raise_if_failed()
             self._pending_bytes += nbytes
             self._inbox.extend(queued)
+            self._inbox_bytes += nbytes
+            if (
+                self._encoder_polling
+                and len(self._inbox) < FRAME_WAKE_ITEMS
+                and self._inbox_bytes < FRAME_WAKE_BYTES
+            ):
+                return  # the encoder finds them within FRAME_POLL_SECONDS
             self._cond.notify_all()
 
     def put_block(
@@ -438,9 +459,16 @@ class BlockSender:
                         wait = self._next_send_due()
                         if wait is not None and wait <= 0:
                             break
-                        self._cond.wait(wait)
+                        if not self._encoder_polling:
+                            self._cond.wait(wait)
+                        elif not self._cond.wait(_shorter(wait, FRAME_POLL_SECONDS)):
+                            # Nothing came for a whole poll: be woken by the next frame.
+                            self._encoder_polling = bool(self._inbox)
                     items = list(self._inbox)
                     self._inbox.clear()
+                    self._inbox_bytes = 0
+                    # Frames keep coming: look for the next ones rather than be woken.
+                    self._encoder_polling = any(isinstance(item, _Frame) for item in items)
                 for item in items:
                     if item is _END:
                         with self._cond:
