@@ -7,16 +7,18 @@ clients are given the list of stores and route each run by its name.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from trajstore import RemoteStorageWriter, connect
+from trajstore import HDF5StorageReader, RemoteStorageWriter, connect
 from trajstore import errors as E
 from trajstore.client.channel import store_target
 
@@ -372,3 +374,30 @@ def test_a_writer_closes_through_the_store_holding_its_session(tmp_path):
     assert_every_frame_once(data / "moved.h5", 500)
     with h5py.File(data / "moved.h5", "r") as f:  # closed cleanly, with its steps recorded
         assert int(f.attrs["actual_steps"]) == 500
+
+
+LOCAL_HOLDER = Path(__file__).parent / "clients" / "local_holder.py"
+
+
+def test_a_file_being_extended_by_another_process_is_not_damaged(tmp_path):
+    """HDF5 checks a file's length before its status flags: one caught mid-extension
+    by its writer in another process reads as truncated without SWMR, but is not damaged."""
+    path = tmp_path / "grow.h5"
+    holder = subprocess.Popen(
+        [sys.executable, str(LOCAL_HOLDER), str(path), "--mode", "create", "--hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().startswith("durable")
+        # As the moment between the writer's superblock and its data reaching the file.
+        os.truncate(path, path.stat().st_size - 1)
+        with HDF5StorageReader(path) as reader:
+            assert len(reader.focus_group("group['x']")) == 10
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its writer is gone: now it is what it looks like.
+    with pytest.raises(E.RunDamagedError, match="truncated"):
+        HDF5StorageReader(path).__enter__()

@@ -8,7 +8,8 @@ stalls with it. So:
 
 - a file nobody writes (its superblock's status flags are clear) is opened
   without SWMR: no retries, a damaged one fails at once;
-- a file a writer holds (or a killed writer left) needs SWMR, and is opened
+- a file a writer holds (or a killed writer left; or that looks truncated
+  while its writer, in another process, extends it) needs SWMR, and is opened
   with a bounded number of read attempts (:data:`SWMR_READ_ATTEMPTS`, about
   0.1 s of retries in all), set through ``H5Pset_metadata_read_attempts``,
   which h5py does not wrap: the function is called on the HDF5 library h5py
@@ -37,6 +38,7 @@ from typing import Any
 import h5py
 
 from trajstore.errors import RunDamagedError, RunNotFoundError, StorageError
+from trajstore.store.ownership import is_locked
 
 __all__ = ["SWMR_READ_ATTEMPTS", "is_left_open", "open_for_reading"]
 
@@ -104,7 +106,11 @@ def open_for_reading(path: Path) -> h5py.File:
     except PermissionError as e:
         raise StorageError(f"cannot open {path}: {e}") from e
     except OSError as e:
-        if not is_left_open(e):
+        # A file a writer in another process holds may be longer in its superblock
+        # than on disk for a moment (the writer is extending it): HDF5 checks that
+        # before the status flags, and lets SWMR readers of a file being written pass.
+        extending = "truncated file" in str(e) and is_locked(path)
+        if not (is_left_open(e) or extending):
             raise RunDamagedError(f"{path} is damaged: {e}") from e
     try:
         return _open_swmr(path)
