@@ -162,6 +162,8 @@ _RETRIABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 def _shorter(timeout: float | None, poll: float) -> float:
     return poll if timeout is None else min(timeout, poll)
+
+
 _END = object()
 
 
