@@ -143,7 +143,7 @@ def test_reads_in_another_process_see_exactly_the_durable_frames(three_stores):
 def test_a_run_and_its_follower_meet_in_one_store(three_stores):
     stores = three_stores
     everyone = addresses(stores)
-    runs = [f"meet/{i}" for i in range(6)]
+    runs = [f"meet/{i}" for i in range(9)]  # all on one store: p = 3 / 3**9
     writers = [start_live_writer(everyone, r, 100, 0.002) for r in runs]
     for w in writers:
         finish(w)
