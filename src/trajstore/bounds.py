@@ -109,7 +109,7 @@ def json_text_depth(text: str | bytes) -> int:
         raw = _JSON_STRING.sub(b"", raw)
     codes = np.frombuffer(raw, np.uint8)
     steps = np.isin(codes, _OPEN).astype(np.int32) - np.isin(codes, _CLOSE).astype(np.int32)
-    return int(np.cumsum(steps).max(initial=0))
+    return int(np.max(np.cumsum(steps), initial=0))
 
 
 def loads_json(text: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
