@@ -401,3 +401,21 @@ def test_a_file_being_extended_by_another_process_is_not_damaged(tmp_path):
     # Its writer is gone: now it is what it looks like.
     with pytest.raises(E.RunDamagedError, match="truncated"):
         HDF5StorageReader(path).__enter__()
+
+
+def test_serve_processes_pass_every_setting_and_no_secret_on_a_command_line(tmp_path):
+    store = start_store(tmp_path / "data", "--processes", "2", "--tokens", "write:w-secret,read:r")
+    try:
+        for address in store.address.split(","):
+            with (
+                connect(address, token="", timeout=30) as client,
+                pytest.raises(E.UnauthenticatedError),
+            ):
+                client.list_runs()
+            with connect(address, token="r", timeout=30) as client:
+                assert client.list_runs() == []
+        for pid in supervised_pids(store):
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                assert b"w-secret" not in cmdline.read()
+    finally:
+        assert store.stop() == 0

@@ -373,22 +373,18 @@ def _serve_processes(
         listens = process_listens(listen, metrics_listen, count)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen/--metrics-listen") from None
-    # Every setting reaches the processes through its environment variable.
+    # Every setting reaches the processes through its environment variable
+    # (an unset one through its absence: an empty variable would be a value).
     ctx = click.get_current_context()
-    env = {}
-    for param in ctx.command.params:
-        name, envvar = param.name, getattr(param, "envvar", None)
-        if not isinstance(envvar, str) or name is None:
-            continue
-        value = ctx.params.get(name)
-        if value is None or value is False:
-            env[envvar] = ""
-        else:
-            env[envvar] = "1" if value is True else str(value)
-    # Unset settings are left out (an empty variable would be taken as a value).
-    environment = {k: v for k, v in env.items() if v != ""}
-    for key in env.keys() - environment.keys():
-        os.environ.pop(key, None)
+    settings = {
+        param.envvar: ctx.params.get(param.name)
+        for param in ctx.command.params
+        if isinstance(param.envvar, str) and param.name is not None
+    }
+    environment = {k: v for k, v in os.environ.items() if k not in settings}
+    for envvar, value in settings.items():
+        if value is not None and value is not False:
+            environment[envvar] = "1" if value is True else str(value)
     supervisor = Supervisor(listens, environment)
     stop = threading.Event()
 

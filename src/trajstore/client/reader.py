@@ -95,16 +95,6 @@ class RunInfo:
         )
 
 
-class _RouteKeys(dict[str, tuple[tuple[str, str], ...]]):
-    """The routing metadata of each run asked for (computed once per run)."""
-
-    def __missing__(self, run: str) -> tuple[tuple[str, str], ...]:
-        if len(self) > 4096:
-            self.clear()
-        value = self[run] = ((ROUTING_HEADER, route_key(run)),)
-        return value
-
-
 class _Calls:
     """One channel and the metadata every call carries; maps gRPC errors to ours."""
 
@@ -123,7 +113,6 @@ class _Calls:
         self.follow = query_method(self.channel, "Follow")
         self.fetch_unary = query_method(self.channel, "Fetch")
         self.metadata = call_metadata(token)
-        self._routes = _RouteKeys()
         self.timeout = timeout
         self.fetch_stream = FetchStream(self.channel, self.metadata, timeout=timeout)
 
@@ -132,7 +121,7 @@ class _Calls:
         run = getattr(request, "run", "")
         if not run and isinstance(getattr(request, "read", None), qpb.ReadRequest):
             run = request.read.run
-        return self.metadata + self._routes[run] if run else self.metadata
+        return (*self.metadata, (ROUTING_HEADER, route_key(run))) if run else self.metadata
 
     def unary(self, method: Callable[..., T], request: Any) -> T:
         try:

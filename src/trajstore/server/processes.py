@@ -98,8 +98,8 @@ class Supervisor:
 
     Args:
         listens: ``(listen, metrics_listen)`` of each process.
-        env: Settings for every process (``TRAJSTORE_*`` variables); the
-            supervisor adds each one's addresses.
+        env: The processes' environment, every setting as its ``TRAJSTORE_*``
+            variable; the supervisor adds each one's addresses.
     """
 
     def __init__(self, listens: list[tuple[str, str | None]], env: Mapping[str, str]) -> None:
@@ -112,11 +112,6 @@ class Supervisor:
     def addresses(self) -> list[str]:
         """Where the processes listen (known once :meth:`start` returned)."""
         return [slot.address or slot.listen for slot in self._slots]
-
-    def pids(self) -> list[int]:
-        """The pids of the store processes running now."""
-        with self._lock:
-            return [s.process.pid for s in self._slots if s.process and s.process.poll() is None]
 
     def start(self) -> list[str]:
         """Start every process and wait until each listens; their addresses.
@@ -145,7 +140,7 @@ class Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         # Once a process has listened, its successors take the same port.
         listen = slot.address or slot.listen
-        env = {**os.environ, **self._env, SUPERVISOR_ENV: str(os.getpid())}
+        env = {**self._env, SUPERVISOR_ENV: str(os.getpid())}
         env["TRAJSTORE_LISTEN"] = listen
         env["TRAJSTORE_PROCESSES"] = "1"
         env.pop("TRAJSTORE_METRICS_LISTEN", None)

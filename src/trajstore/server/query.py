@@ -49,7 +49,7 @@ class _OtherWriter:
         self._free_since: float | None = None
 
     def still_written(self, run: str, left_open: bool) -> bool:
-        if self.registry.is_open(run) or self.registry.written_elsewhere(run):
+        if self.registry.is_written(run):
             self._free_since = None
             return True
         if not left_open:
@@ -178,7 +178,7 @@ class QueryServicer(qpb_grpc.QueryServiceServicer):
     def _info(self, run: str, summary: RunSummary) -> qpb.RunInfo:
         if summary.problem:
             state = qpb.RUN_STATE_DAMAGED
-        elif self.registry.is_open(run) or self.registry.written_elsewhere(run):
+        elif self.registry.is_written(run):
             state = qpb.RUN_STATE_OPEN
         else:
             state = qpb.RUN_STATE_CLOSED

@@ -468,10 +468,10 @@ class RunRegistry:
         with self._lock:
             return run in self._by_run or run in self._opening or run in self._closing
 
-    def written_elsewhere(self, run: str) -> bool:
-        """Whether another process (another store, a local writer) holds ``run``'s lock now."""
+    def is_written(self, run: str) -> bool:
+        """Whether a writer holds ``run`` now: here, or in another process (its lock)."""
         if self.is_open(run):
-            return False
+            return True
         try:
             return is_locked(run_path(self.config.data_dir, run))
         except TrajstoreError:  # a name that is no run here
