@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup system-deps lint test demo example bench bench-cluster clean
+.PHONY: setup system-deps lint test demo example bench bench-cluster bench-dask clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) system-deps
 
-# h5dump (Debian's hdf5-tools, HDF5 1.10) checks that our files open in old tools.
+# h5dump (Debian's hdf5-tools, HDF5 1.10) and ncdump (netcdf-bin) check that our files
+# open in those tools.
 system-deps:
-	@command -v h5dump >/dev/null 2>&1 || { \
+	@command -v h5dump >/dev/null 2>&1 && command -v ncdump >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools >/dev/null; \
-	  else echo "note: install hdf5-tools (h5dump) to run the h5dump compatibility tests"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools netcdf-bin >/dev/null; \
+	  else echo "note: install hdf5-tools and netcdf-bin (h5dump, ncdump) to run the file compatibility tests"; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,6 +47,10 @@ bench: $(STAMP)
 # 8 writers against 1, 2 and 4 store processes (a few minutes more): BENCHMARKS.md.
 bench-cluster: $(STAMP)
 	$(BIN)/python -m benchmarks.cluster
+
+# A whole remote run read through dask (threads, then a LocalCluster) against the remote reader.
+bench-dask: $(STAMP)
+	$(BIN)/python -m benchmarks.dask_read
 
 example: $(STAMP)
 	$(BIN)/python examples/local_quickstart.py

@@ -29,6 +29,7 @@ def log_steps(path, steps, mode):
     with HDF5StorageWriter(path, CONFIG, state(0), 100, mode=mode, compile_views=False) as w:
         for step in steps:
             w.log(state(step), step)
+    return w.resumed_frames
 
 
 def stored(path):
@@ -38,8 +39,9 @@ def stored(path):
 
 def test_append_continues_a_closed_run(tmp_path):
     path = tmp_path / "r.h5"
-    log_steps(path, range(0, 10), "create")
-    log_steps(path, range(10, 20), "append")
+    assert log_steps(path, range(0, 10), "create") == {"group['x']": 0, "group['c']": 0}
+    # as the remote writer: where each group stood when the run was opened
+    assert log_steps(path, range(10, 20), "append") == {"group['x']": 5, "group['c']": 1}
     values, actual = stored(path)
     np.testing.assert_array_equal(values, np.arange(0, 20, 2))
     assert actual == 20

@@ -83,3 +83,21 @@ def test_cluster_benchmark_reports_every_figure(tmp_path):
         assert summary["throughput_vs_1"] > 0
     assert results["summary"]["1"]["throughput_vs_1"] == 1.0
     assert "vs N=1" in result.stdout
+
+
+def test_the_dask_read_benchmark_reports_every_way(tmp_path):
+    out = tmp_path / "dask.json"
+    command = [sys.executable, "-m", "benchmarks.dask_read", "--scale", "0.005", "--repeats", "1"]
+    result = subprocess.run(
+        [*command, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for way in ("reader", "dask_threads", "dask_processes"):
+        assert results[way]["mb_s"] > 0
+    assert results["dask_threads_vs_reader"] > 0 and results["dask_processes_vs_reader"] > 0
+    assert "x the reader" in result.stdout

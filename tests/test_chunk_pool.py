@@ -97,10 +97,10 @@ def test_pool_and_hdf5_filters_write_the_same_frames(tmp_path_factory, compressi
     with h5py.File(root / "filters.h5", "r") as a:
         for name in ("pool.h5", "ahead.h5"):
             with h5py.File(root / name, "r") as b:
-                for leaf in ("array['pos']", "array['n']"):
-                    expected = a["group['x']"][leaf][:]
-                    np.testing.assert_array_equal(b["group['x']"][leaf][:], expected)
-                n = b["group['x']"]["array['n']"][:]
+                for leaf in ("pos", "n"):
+                    expected = a["x"][leaf][:]
+                    np.testing.assert_array_equal(b["x"][leaf][:], expected)
+                n = b["x"]["n"][:]
                 np.testing.assert_array_equal(n, np.arange(length))
 
 
@@ -113,8 +113,8 @@ def test_whole_aligned_chunks_go_through_the_pool(tmp_path):
     writer.close()
     assert CountingPool.chunks - before >= 4  # pos: four chunks of four frames
     with h5py.File(tmp_path / "r.h5", "r") as f:
-        assert f["group['x']"]["array['pos']"].chunks[0] == 4
-        np.testing.assert_array_equal(f["group['x']"]["array['pos']"][:], frames(0, 16)[0])
+        assert f["x"]["pos"].chunks[0] == 4
+        np.testing.assert_array_equal(f["x"]["pos"][:], frames(0, 16)[0])
 
 
 def test_blocks_queued_to_a_background_writer_are_compressed_from_the_submitting_thread(
@@ -133,7 +133,7 @@ def test_blocks_queued_to_a_background_writer_are_compressed_from_the_submitting
     writer.close()
     assert threading.current_thread().name in CountingPool.threads
     with h5py.File(tmp_path / "r.h5", "r") as f:
-        pos = f["group['x']"]["array['pos']"]
+        pos = f["x"]["pos"]
         assert pos.chunks[0] == 4
         np.testing.assert_array_equal(pos[:], frames(0, 4 * batch)[0])
 
@@ -177,10 +177,10 @@ def test_unfiltered_chunks_written_directly_read_back_as_written(tmp_path_factor
     length = write_plan(RunFileWriter(path, spec(None)), plan)
     expected = frames(0, length)
     with h5py.File(path, "r") as f:
-        group = f["group['x']"]
-        assert group["array['pos']"].chunks[0] == 32
-        np.testing.assert_array_equal(group["array['pos']"][:], expected[0])
-        np.testing.assert_array_equal(group["array['n']"][:], expected[1])
+        group = f["x"]
+        assert group["pos"].chunks[0] == 32
+        np.testing.assert_array_equal(group["pos"][:], expected[0])
+        np.testing.assert_array_equal(group["n"][:], expected[1])
 
 
 def slab_frames(shape, dtype, start, count):
@@ -215,7 +215,7 @@ def test_slabs_of_large_frames_written_directly_read_back_as_written(
 
     length = write_plan(RunFileWriter(path, run), plan, make)
     with h5py.File(path, "r") as f:
-        big = f["group['x']"]["array['big']"]
+        big = f["x"]["big"]
         assert big.chunks[0] == 1 and big.chunks[1] < shape[0]  # slabs, not whole frames
         np.testing.assert_array_equal(big[:], slab_frames(shape, dtype, 0, length))
         rows = big.chunks[1]

@@ -58,15 +58,23 @@ def test_tail_prints_every_frame_of_a_closed_run(runs):
     result = trajstore("tail", "proj/a", "energy", "--address", runs.address)
     lines = result.stdout.splitlines()
     assert len(lines) == 12
-    assert lines[0].split()[0] == "0" and "value=0" in lines[0]
-    assert lines[-1].split()[0] == "11" and "value=2.75" in lines[-1]
+    assert lines[0].split()[:2] == ["step", "0"] and "value=0" in lines[0]
+    assert lines[-1].split()[:2] == ["step", "11"] and "value=2.75" in lines[-1]
     assert "12 frames" in result.stderr
+
+
+def test_tail_numbers_frames_by_step(runs):
+    """traj logs every 2 steps: its lines say steps 0, 2, ...; --from-step starts there."""
+    every = trajstore("tail", "proj/a", "traj", "--address", runs.address).stdout.splitlines()
+    assert [line.split()[1] for line in every] == ["0", "2", "4", "6", "8", "10"]
+    late = trajstore("tail", "proj/a", "traj", "--from-step", "5", "--address", runs.address)
+    assert [line.split()[1] for line in late.stdout.splitlines()] == ["6", "8", "10"]
 
 
 def test_pull_and_plot(runs, tmp_path):
     trajstore("pull", "proj/a", "-o", str(tmp_path / "a.h5"), "--address", runs.address)
     with h5py.File(tmp_path / "a.h5", "r") as f:
-        assert f["group['traj']/array['pos']"].shape == (6, 16, 3)
+        assert f["traj/pos"].shape == (6, 16, 3)
     trajstore("plot", "proj/a", "energy", "-o", str(tmp_path / "e.png"), "--address", runs.address)
     trajstore(
         "plot",
@@ -122,6 +130,55 @@ def test_errors_are_one_clear_line_and_a_non_zero_exit(runs, tmp_path):
     ]
     no_nodes = trajstore("demo", "--nodes", "0", check=False)
     assert no_nodes.returncode == 2 and "--nodes" in no_nodes.stderr
+
+
+def test_plot_and_address_mistakes_are_one_line(runs, tmp_path):
+    def fails(*args):
+        result = trajstore(*args, check=False)
+        assert result.returncode == 1, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # no traceback
+        return lines[0]
+
+    out = str(tmp_path / "x.png")
+    once = fails("plot", "proj/a", "box", "-o", out, "--address", runs.address)
+    assert once == "Error: group['box'] is logged once: it has no steps to plot against"
+    single = fails(
+        "plot", "proj/a", "energy", "--field", "total", "-o", out, "--address", runs.address
+    )
+    assert "stores one value (energy), not 'total': leave the field out" in single
+    several = fails("plot", "proj/a", "traj", "--field", "x", "-o", out, "--address", runs.address)
+    assert "no field 'x' among: pos, vel (--field)" in several
+    bare = fails("ls", "--address", "localhost")
+    assert "'localhost' has no port: write host:port" in bare and "localhost:50051" in bare
+
+
+def test_the_start_line_says_who_may_call_and_log_lines_name_run_and_peer(tmp_path):
+    from servers import start_store
+
+    store = start_store(
+        tmp_path / "data", "--log-level", "INFO", env={"TRAJSTORE_TOKENS": "write:w-1234567"}
+    )
+    try:
+        state = md_state()
+        with RemoteStorageWriter(
+            store.address, "proj/logged", md_config(), state, 2, token="w-1234567"
+        ) as log:
+            log.log(state, 0)
+    finally:
+        assert store.stop() == 0
+    text = "".join(store.log)
+    start = next(line for line in store.log if line.startswith("trajstore serving on"))
+    assert "tokens required; plain text" in start
+    opened = next(line for line in store.log if "run opened" in line)
+    assert "run=proj/logged" in opened and "peer=ipv4:127.0.0.1:" in opened
+    assert "w-1234567" not in text  # never a token in the log
+    open_store = start_store(tmp_path / "open")
+    try:
+        start = next(line for line in open_store.log if line.startswith("trajstore serving on"))
+        assert "no tokens: loopback callers only" in start
+    finally:
+        assert open_store.stop() == 0
 
 
 def test_every_command_has_help():

@@ -200,7 +200,7 @@ def test_the_store_going_away_again_while_the_journal_uploads(tmp_path):
 
 def durable_frames_on_disk(path):
     with h5py.File(path, "r", swmr=True) as f:
-        return int(f["group['x']"].attrs["frames"])
+        return int(f["x"].attrs["frames"])
 
 
 def test_a_writer_that_ends_while_the_store_is_away_leaves_a_journal_for_push(tmp_path):

@@ -21,7 +21,7 @@ from trajstore import (
 )
 from trajstore import errors as E
 from trajstore.blockcodec import IncomingArrays, IncomingPart
-from trajstore.client.reader import _assemble, _RemoteLeaves, _unpack
+from trajstore.client.reader import RemoteLeaves, _assemble, _unpack
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.indexing import plan_index
 from trajstore.store.reader import RunFileReader
@@ -77,6 +77,21 @@ def test_pull_makes_a_local_copy_the_local_reader_opens(store, tmp_path):
         assert reader.actual_steps == 30
         assert len(reader.focus_group("group['traj']")) == 30
     assert_same_file(path, store.run_file("proj/p"))
+
+
+def test_pull_never_replaces_a_file_unasked_and_names_a_missing_directory(store, tmp_path):
+    write(store, "proj/p", steps=3)
+    existing = tmp_path / "mine.h5"
+    existing.write_bytes(b"an analyst's own file")
+    with connect(store.address) as client:
+        with pytest.raises(E.RunExistsError, match="overwrite=True"):
+            client.pull("proj/p", existing)
+        assert existing.read_bytes() == b"an analyst's own file"
+        client.pull("proj/p", existing, overwrite=True)
+        assert_same_file(existing, store.run_file("proj/p"))
+        with pytest.raises(E.StorageError, match=r"no directory .*absent"):
+            client.pull("proj/p", tmp_path / "absent" / "x.h5")
+    assert not (tmp_path / "absent").exists()
 
 
 def test_pull_of_an_absent_run_leaves_nothing(store, tmp_path):
@@ -337,13 +352,13 @@ def test_read_chunked_fetches_one_chunk_ahead_and_stops_when_left(store, monkeyp
     with connect(store.address) as client, client.open_run("proj/chunks") as run:
         traj = run.focus_group("group['traj']")
         asked = []  # the index of every read the reader sends
-        source_read = _RemoteLeaves.read  # read_chunked reads through a pinned copy
+        source_read = RemoteLeaves.read  # read_chunked reads through a pinned copy
 
         def counting_read(self, leaves, index):
             asked.append(index)
             return source_read(self, leaves, index)
 
-        monkeypatch.setattr(_RemoteLeaves, "read", counting_read)
+        monkeypatch.setattr(RemoteLeaves, "read", counting_read)
         chunks = traj.read_chunked(3)
         first = next(chunks)
         deadline = time.monotonic() + 10

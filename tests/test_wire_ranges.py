@@ -332,7 +332,8 @@ def write_run_file(path: Path, *, group_spec_text=None, config_text=None, metada
     writer.close()
     with h5py.File(path, "r+") as file:
         if group_spec_text is not None:
-            file["group"].attrs[layout.ATTR_GROUP_SPEC] = group_spec_text
+            # format 2: the single group "group" is /data
+            file["data"].attrs[layout.ATTR_GROUP_SPEC] = group_spec_text
         if config_text is not None:
             file.attrs[layout.ATTR_CONFIG_STRUCTURE] = config_text
         if metadata is not None:

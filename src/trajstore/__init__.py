@@ -37,6 +37,8 @@ __all__ = [
     "RemoteGroupReader",
     "connect",
     "serve",
+    # analysis (the ``analysis`` extra: xarray, dask)
+    "open_runs",
     "keep_large_buffers",
     # errors
     "TrajstoreError",
@@ -63,6 +65,7 @@ _LOCATIONS = {
     "RemoteGroupReader": "trajstore.client.reader",
     "connect": "trajstore.client.reader",
     "serve": "trajstore.server.app",
+    "open_runs": "trajstore.xarray_backend",
 }
 
 if TYPE_CHECKING:
@@ -80,6 +83,7 @@ if TYPE_CHECKING:
     from trajstore.server.app import serve
     from trajstore.store.background import BackgroundWriter
     from trajstore.store.writer import Hdf5ObjWriter
+    from trajstore.xarray_backend import open_runs
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from trajstore.store.layout import step_interval
+
 if TYPE_CHECKING:
     from trajstore.client.reader import Client
 
@@ -305,6 +307,7 @@ def serve(
         max_pending_bytes_per_run=max_pending_bytes,
         max_open_runs=max_open_runs,
     )
+    access = Tokens.load(tokens_file, tokens)
     try:
         handle = start_server(
             data_dir,
@@ -319,7 +322,7 @@ def serve(
             max_reads_per_peer=max_reads_per_peer,
             idle_stream_seconds=idle_stream_seconds,
             metrics_listen=metrics_listen,
-            tokens=Tokens.load(tokens_file, tokens),
+            tokens=access,
             tls_cert=tls_cert,
             tls_key=tls_key,
             insecure=insecure,
@@ -334,7 +337,8 @@ def serve(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     click.echo(
-        f"trajstore serving on {handle.address} (data in {data_dir})",
+        f"trajstore serving on {handle.address} (data in {data_dir}; "
+        f"{_access_text(bool(access), tls_cert is not None, insecure)})",
     )
     sys.stdout.flush()
     # Wake every second: a signal that reached one of gRPC's threads runs its
@@ -385,6 +389,16 @@ def _serve_processes(
     for envvar, value in settings.items():
         if value is not None and value is not False:
             environment[envvar] = "1" if value is True else str(value)
+    from trajstore.server.auth import Tokens
+
+    params = ctx.params
+    try:
+        tokens = Tokens.load(params.get("tokens_file"), params.get("tokens"))
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    access = _access_text(
+        bool(tokens), params.get("tls_cert") is not None, bool(params.get("insecure"))
+    )
     supervisor = Supervisor(listens, environment)
     stop = threading.Event()
 
@@ -398,13 +412,48 @@ def _serve_processes(
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
     click.echo(
-        f"trajstore serving on {','.join(addresses)} (data in {data_dir}; {count} processes)"
+        f"trajstore serving on {','.join(addresses)} (data in {data_dir}; {count} processes; "
+        f"{access})"
     )
     sys.stdout.flush()
     supervisor.watch(stop)
     click.echo(f"trajstore: stopping {count} store processes", err=True)
     code = supervisor.stop(grace=shutdown_grace)
     sys.exit(code)
+
+
+def _access_text(tokens: bool, tls: bool, insecure: bool) -> str:
+    """Who may call the store, for its start line."""
+    if tokens:
+        who = "tokens required"
+    elif insecure:
+        who = "no tokens: anyone who reaches it (--insecure)"
+    else:
+        who = "no tokens: loopback callers only"
+    return f"{who}; {'TLS' if tls else 'plain text'}"
+
+
+#: Attributes every LogRecord has: anything else was passed as ``extra``.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+class _TextFormatter(logging.Formatter):
+    """Text log lines that also show the ``extra`` fields (run, peer, ...) as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [
+            f"{key}={value!r}" if isinstance(value, str) and " " in value else f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _RECORD_FIELDS and not key.startswith("_")
+        ]
+        if not fields:
+            return line
+        head, sep, trace = line.partition("\n")
+        return f"{head} {' '.join(fields)}{sep}{trace}"
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -419,7 +468,7 @@ def _configure_logging(level: str, fmt: str) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
@@ -555,7 +604,14 @@ def _describe_leaf(value: Any) -> str:
 @main.command()
 @click.argument("run")
 @click.argument("group")
-@click.option("--start", type=int, default=0, show_default=True, help="First frame.")
+@click.option(
+    "--from-step",
+    "from_step",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Start at the first frame logged at or after this step.",
+)
 @click.option("--summary", is_flag=True, help="Print a summary every second, not every frame.")
 @address_option
 @token_option
@@ -563,32 +619,36 @@ def _describe_leaf(value: Any) -> str:
 def tail(
     run: str,
     group: str,
-    start: int,
+    from_step: int,
     summary: bool,
     address: str,
     token: str | None,
     tls_ca: Path | None,
 ) -> None:
-    """Follow a group of a run live: one line per frame, until the run closes.
+    """Follow a group of a run live: one line per frame, its step first, until the run closes.
 
-    GROUP is a group name such as "group['energy']", or just "energy".
+    GROUP is the group's path, such as "energy", or its name, "group['energy']".
+    Groups of a custom frequency are numbered by frame (their steps are not stored).
     """
     import jax
 
     with _client(address, token, tls_ca) as client, client.open_run(run) as reader:
-        name = group if group in reader.list_groups() else f"group['{group}']"
+        focused = reader.focus_group(group)
+        interval = step_interval(focused.spec)
+        start = -(-from_step // interval) if interval else from_step
         count, last_print = 0, time.monotonic()
-        for frame in reader.focus_group(name).follow(start=start):
+        for frame in focused.follow(start=start):
             index = start + count
             count += 1
+            where = f"step {index * interval}" if interval else f"frame {index}"
             if not summary:
                 paths = jax.tree_util.tree_flatten_with_path(frame)[0]
                 text = "  ".join(
                     f"{jax.tree_util.keystr(p) or 'value'}={_describe_leaf(v)}" for p, v in paths
                 )
-                click.echo(f"{index:8d}  {text}")
+                click.echo(f"{where:>14}  {text}")
             elif time.monotonic() - last_print >= 1:
-                click.echo(f"{count} frames so far (last index {index})")
+                click.echo(f"{count} frames so far (last: {where})")
                 last_print = time.monotonic()
         click.echo(f"{count} frames; the run is closed", err=summary is False)
 
@@ -600,18 +660,21 @@ def tail(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Local HDF5 file to write.",
+    help="Local HDF5 file to write (its directory must exist).",
 )
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @address_option
 @token_option
 @tls_option
-def pull(run: str, output: Path, address: str, token: str | None, tls_ca: Path | None) -> None:
+def pull(
+    run: str, output: Path, force: bool, address: str, token: str | None, tls_ca: Path | None
+) -> None:
     """Download a run into a local HDF5 file (progress bar on a terminal)."""
     from trajstore.allocator import keep_large_buffers
 
     keep_large_buffers()  # a process of its own, reading in large messages
     with _client(address, token, tls_ca) as client:
-        path = client.pull(run, output)
+        path = client.pull(run, output, overwrite=force)
     click.echo(f"wrote {path}")
 
 
@@ -665,7 +728,7 @@ def push(
 @main.command()
 @click.argument("run")
 @click.argument("group")
-@click.option("--field", default=None, help="Leaf path to plot, e.g. total or ['total'].")
+@click.option("--field", default=None, help="Leaf to plot, by path: total, a/b or ['total'].")
 @click.option(
     "-o",
     "--output",
@@ -685,41 +748,26 @@ def plot(
     token: str | None,
     tls_ca: Path | None,
 ) -> None:
-    """Plot a field of a group against the step (arrays: their mean per frame)."""
+    """Plot a field of a group against the step (arrays: their mean per frame).
+
+    The step on x, the field's name and units on y, the run and group in the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trajstore.errors import FieldNotFoundError, SchemaError
+    from trajstore.plotting import plot_field
 
     with _client(address, token, tls_ca) as client, client.open_run(run) as reader:
-        name = group if group in reader.list_groups() else f"group['{group}']"
-        focused = reader.focus_group(name)
-        leaves = focused.spec.leaves
-        if field is None and len(leaves) == 1:
-            position = 0
-        else:
-            wanted = {field, f"['{field}']", f".{field}"}
-            matches = [i for i, leaf in enumerate(leaves) if leaf.path in wanted]
-            if not matches:
-                raise click.ClickException(
-                    f"choose --field among: {', '.join(leaf.path for leaf in leaves)}"
-                )
-            position = matches[0]
-        if len(focused) == 0:
-            raise click.ClickException(f"{name} of {run} has no frames yet")
-        values = np.asarray(focused._source.read([position], slice(None))[0])
-        every = int(focused.spec.frequency.get("n", 1))
-    series = values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(np.arange(len(series)) * every, series)
-    ax.set_xlabel("step")
-    label = leaves[position].path or name
-    ax.set_ylabel(label if values.ndim == 1 else f"mean of {label}")
-    ax.set_title(f"{run}: {name}")
-    fig.tight_layout()
+        try:
+            figure = plot_field(reader.focus_group(group), field, run=run)
+        except FieldNotFoundError as e:
+            raise click.ClickException(f"{e} (--field)") from None
+        except SchemaError as e:
+            raise click.ClickException(str(e)) from None
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output, dpi=100)
+        figure.savefig(output, dpi=100)
     except OSError as e:
         raise click.ClickException(f"cannot write {output}: {e}") from None
     click.echo(f"wrote {output}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from trajstore.compression import Compression
 from trajstore.errors import SchemaError
 from trajstore.frequency import LoggingFrequency
+from trajstore.schema import check_units
 
 __all__ = ["Logger", "WriterGroupConfig"]
 
@@ -55,11 +56,17 @@ class WriterGroupConfig(Generic[State, Storage]):
         logging_frequency: When to log (:class:`~trajstore.EveryNStep`,
             :class:`~trajstore.Once`, or your own ``LoggingFrequency``).
         compression: Compression policy, or ``None`` for uncompressed data.
+        units: Physical units of the stored leaves, kept as each dataset's
+            netCDF ``units`` attribute (and used by xarray and plots): one
+            string where the view returns one array, else a mapping from a
+            leaf's path (``"total"``, ``"a/b"``, or kUPS's ``"['total']"``)
+            to its units. Leaves left out have none.
     """
 
     view: Callable[[State], Storage]
     logging_frequency: LoggingFrequency
     compression: Compression | None = field(default_factory=Compression, kw_only=True)
+    units: str | Mapping[str, str] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         # Refused here, before a writer touches any file.
@@ -74,3 +81,10 @@ class WriterGroupConfig(Generic[State, Storage]):
             raise SchemaError(
                 f"compression must be a Compression or None, got {self.compression!r}"
             )
+        if isinstance(self.units, Mapping):
+            for key, units in self.units.items():
+                if not isinstance(key, str):
+                    raise SchemaError(f"units: leaf paths must be strings, got {key!r}")
+                check_units(units, f"units of {key!r}")
+        elif self.units is not None:
+            check_units(self.units, "units")

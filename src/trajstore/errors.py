@@ -20,6 +20,7 @@ __all__ = [
     "NotFoundError",
     "RunNotFoundError",
     "GroupNotFoundError",
+    "FieldNotFoundError",
     "AlreadyExistsError",
     "RunExistsError",
     "FailedPreconditionError",
@@ -94,6 +95,10 @@ class RunNotFoundError(NotFoundError):
 
 class GroupNotFoundError(NotFoundError):
     """The run has no group of that name."""
+
+
+class FieldNotFoundError(NotFoundError):
+    """The group has no leaf (field) of that name."""
 
 
 class AlreadyExistsError(TrajstoreError, FileExistsError):

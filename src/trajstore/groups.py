@@ -7,6 +7,7 @@ first state fixed, and takes host copies of the leaves inside ``log()``.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from trajstore.frequency import frequency_to_json
 from trajstore.pytree import describe, leaf_specs, start_host_copies, to_host
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, check_total_steps, metadata_to_json
 from trajstore.store.layout import MAX_FRAMES
+from trajstore.store.naming import group_names
 
 __all__ = ["Frame", "GroupWriters", "extract_frames", "frames_per_group", "prepare_groups"]
 
@@ -138,7 +140,7 @@ def prepare_groups(
             leaf_specs(group_config.view(initial_state))
             extract = jax.jit(group_config.view)
         sample = extract(initial_state)
-        specs = tuple(leaf_specs(sample))
+        specs = with_units(tuple(leaf_specs(sample)), group_config.units, name)
         sources = selected_sources(group_config.view, initial_state, specs) if compile_views else ()
         spec = GroupSpec(
             name=name,
@@ -169,6 +171,40 @@ def prepare_groups(
         total_steps=total_steps,
     )
     return groups, run
+
+
+def with_units(
+    specs: tuple[LeafSpec, ...], units: str | Mapping[str, str] | None, group: str
+) -> tuple[LeafSpec, ...]:
+    """``specs`` with the units a :class:`WriterGroupConfig` gives its leaves.
+
+    Raises:
+        SchemaError: One string for a group of several leaves, or a key that
+            names no leaf.
+    """
+    if units is None:
+        return specs
+    if isinstance(units, str):
+        if len(specs) != 1:
+            raise SchemaError(
+                f"{group}: units={units!r} fits a view of one array; this one returns "
+                f"{len(specs)} leaves: give a mapping from leaf path to units"
+            )
+        return (dataclasses.replace(specs[0], units=units),)
+    plain = group_names("", [s.path for s in specs], [s.shape for s in specs], 2).datasets
+    by_key = {
+        key: i
+        for i, (spec, name) in enumerate(zip(specs, plain, strict=True))
+        for key in (spec.path, name)
+    }
+    chosen = dict.fromkeys(range(len(specs)), "")
+    for key, text in units.items():
+        if key not in by_key:
+            raise SchemaError(
+                f"{group}: units for {key!r}, which is no leaf; leaves: {', '.join(plain)}"
+            )
+        chosen[by_key[key]] = text
+    return tuple(dataclasses.replace(spec, units=chosen[i]) for i, spec in enumerate(specs))
 
 
 def selected_sources(

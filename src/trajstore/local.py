@@ -22,7 +22,7 @@ from trajstore.store.open_run import open_run_writer
 from trajstore.store.reader import RunFileReader
 from trajstore.store.writer import OpenMode
 
-__all__ = ["HDF5StorageReader", "HDF5StorageWriter"]
+__all__ = ["FileLeaves", "HDF5StorageReader", "HDF5StorageWriter"]
 
 State = TypeVar("State")
 Config = TypeVar("Config")
@@ -121,6 +121,9 @@ class HDF5StorageWriter(Generic[State, Config]):
         self._extractor: FrameExtractor | None = None
         self._writer: BackgroundWriter | None = None
         self._clock = StepClock()
+        #: Frames in the file per group (by name) when it was opened: ``append``
+        #: resumes each from there.
+        self.resumed_frames: dict[str, int] = {}
 
     def __enter__(self) -> HDF5StorageWriter[State, Config]:
         if self._writer is not None:
@@ -138,6 +141,7 @@ class HDF5StorageWriter(Generic[State, Config]):
             groups, self.initial_state, compiled=self.compile_views, mode=self.extraction
         )
         file = open_run_writer(self.out_path, spec, mode=self.mode)
+        self.resumed_frames = dict(zip(spec.group_names, file.frames, strict=True))
         self._writer = BackgroundWriter(
             file, max_pending_bytes=self.max_pending_bytes, flush_interval=self.flush_interval
         )
@@ -188,19 +192,22 @@ class HDF5StorageWriter(Generic[State, Config]):
         return self._extractor
 
 
-class _FileLeaves:
+class FileLeaves:
     """:class:`~trajstore.reading.LeafSource` over one group of a local run file."""
 
     def __init__(self, file: RunFileReader, position: int) -> None:
-        self._file = file
+        #: The open run file.
+        self.file = file
         self._position = position
         self.spec: GroupSpec = file.spec.groups[position]
 
     def frames(self) -> int:
-        return self._file.frames(self._position)
+        """Frames of the group in the file now."""
+        return self.file.frames(self._position)
 
     def read(self, leaves: Sequence[int], index: Any) -> list[np.ndarray]:
-        return self._file.read(self._position, leaves, index)
+        """``array[index]`` of each chosen leaf, from the file."""
+        return self.file.read(self._position, leaves, index)
 
 
 class HDF5StorageReader(Generic[Config]):
@@ -268,4 +275,4 @@ class HDF5StorageReader(Generic[Config]):
         """
         file = self.file
         position = group_position(file.spec, view_or_name, self.path.name)
-        return GroupReader(_FileLeaves(file, position), like=like)
+        return GroupReader(FileLeaves(file, position), like=like)

@@ -18,6 +18,8 @@ import numpy as np
 from trajstore.errors import GroupNotFoundError, SchemaError
 from trajstore.pytree import rebuild
 from trajstore.schema import GroupSpec, RunSpec
+from trajstore.store.layout import FORMAT_VERSION
+from trajstore.store.naming import group_paths
 
 __all__ = ["GroupReader", "LeafSource", "group_position", "repeat_leaves"]
 
@@ -26,6 +28,10 @@ Storage = TypeVar("Storage")
 
 def group_position(spec: RunSpec, view_or_name: str | Callable[[Any], Any], run: str) -> int:
     """Position of the group named, or picked by a view on the config, in ``spec``.
+
+    A name is kUPS's (``"group['energy']"``) or the group's plain path
+    (``"energy"``, ``"a/b"``: its HDF5 path in format 2, whatever the file's
+    format).
 
     Raises:
         GroupNotFoundError: No such group (a ``KeyError``).
@@ -37,9 +43,14 @@ def group_position(spec: RunSpec, view_or_name: str | Callable[[Any], Any], run:
         except (KeyError, AttributeError, IndexError, TypeError) as e:
             message = f"the view found no group in the config of {run}: {e!r}"
             raise GroupNotFoundError(message) from None
-    if not isinstance(name, str) or name not in spec.group_names:
-        raise GroupNotFoundError(f"no group {name!r} in {run}; groups: {spec.group_names}")
-    return spec.group_names.index(name)
+    if isinstance(name, str) and name in spec.group_names:
+        return spec.group_names.index(name)
+    short = group_paths(spec.group_names, FORMAT_VERSION)
+    if isinstance(name, str) and name.strip("/") in short:
+        return short.index(name.strip("/"))
+    raise GroupNotFoundError(
+        f"no group {name!r} in {run}; groups: {spec.group_names} (or by path: {short})"
+    )
 
 
 def repeat_leaves(
@@ -104,6 +115,22 @@ class GroupReader(Generic[Storage]):
     def name(self) -> str:
         """The group's name, e.g. ``"group['traj']"``."""
         return self.spec.name
+
+    @property
+    def source(self) -> LeafSource:
+        """Where the leaves come from (a local file's group, or a store's)."""
+        return self._source
+
+    def to_xarray(self) -> Any:
+        """This group as a lazily read :class:`xarray.Dataset` (needs the ``analysis`` extra).
+
+        A variable per leaf, the ``step`` coordinate, the run's metadata in
+        ``attrs``; see :mod:`trajstore.xarray_backend`. Reads go through this
+        reader's run: keep it open while using the dataset.
+        """
+        from trajstore.xarray_backend import group_dataset
+
+        return group_dataset(self)
 
     def __repr__(self) -> str:
         frames = f"{len(self)} frames" if self.spec.time_axis else "logged once"

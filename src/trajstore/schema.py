@@ -34,6 +34,7 @@ __all__ = [
     "LeafSpec",
     "RunSpec",
     "check_total_steps",
+    "check_units",
     "dtype_name",
     "metadata_to_json",
     "numpy_dtype",
@@ -147,6 +148,26 @@ def structure_leaves(description: Mapping[str, Any]) -> int:
     return count
 
 
+#: Longest ``units`` text a leaf may carry.
+MAX_UNITS_CHARS = 64
+
+
+def check_units(units: object, what: str) -> None:
+    """Raise :class:`SchemaError` unless ``units`` is short printable ASCII text.
+
+    Args:
+        units: The units given.
+        what: Whose units they are, for the message.
+    """
+    if not isinstance(units, str):
+        raise SchemaError(f"{what}: units must be a string, got {type(units).__name__}")
+    if len(units) > MAX_UNITS_CHARS or not all(" " <= c <= "~" for c in units):
+        raise SchemaError(
+            f"{what}: units must be at most {MAX_UNITS_CHARS} printable ASCII characters, "
+            f"got {units[:80]!r}"
+        )
+
+
 def check_total_steps(total: object) -> None:
     """Raise :class:`SchemaError` unless ``total`` is ``None`` or an integer in [0, 2**63 - 1]."""
     if total is not None and (
@@ -167,13 +188,17 @@ class LeafSpec:
         path: ``jax.tree_util.keystr`` of the leaf's path, e.g. ``"['pos']"``.
         dtype: Canonical dtype name (see :data:`SUPPORTED_DTYPES`).
         shape: Shape of one frame of the leaf.
+        units: Physical units (``"nm"``), stored as the netCDF ``units``
+            attribute; ``""``: none given.
     """
 
     path: str
     dtype: str
     shape: tuple[int, ...]
+    units: str = ""
 
     def __post_init__(self) -> None:
+        check_units(self.units, f"leaf {self.path or '<value>'}")
         dtype_name(numpy_dtype(self.dtype))
         shape = tuple(int(d) for d in self.shape)
         if any(d < 0 for d in shape):
@@ -198,12 +223,18 @@ class LeafSpec:
 
     def to_json(self) -> dict[str, Any]:
         """Plain-data form."""
-        return {"path": self.path, "dtype": self.dtype, "shape": list(self.shape)}
+        data: dict[str, Any] = {"path": self.path, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.units:
+            data["units"] = self.units
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LeafSpec:
         """Inverse of :meth:`to_json`."""
-        return cls(str(data["path"]), str(data["dtype"]), tuple(data["shape"]))
+        units = data.get("units", "")
+        if not isinstance(units, str):
+            raise SchemaError(f"leaf {data['path']}: units must be a string")
+        return cls(str(data["path"]), str(data["dtype"]), tuple(data["shape"]), units)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ def schema_to_proto(spec: RunSpec) -> pb.RunSchema:
                 name=g.name,
                 time_axis=g.time_axis,
                 leaves=[
-                    pb.LeafSchema(path=leaf.path, dtype=leaf.dtype, shape=list(leaf.shape))
+                    pb.LeafSchema(
+                        path=leaf.path, dtype=leaf.dtype, shape=list(leaf.shape), units=leaf.units
+                    )
                     for leaf in g.leaves
                 ],
                 structure_json=json.dumps(g.structure),
@@ -126,7 +128,8 @@ def schema_from_proto(message: pb.RunSchema) -> RunSpec:
                 name=g.name,
                 time_axis=g.time_axis,
                 leaves=tuple(
-                    LeafSpec(leaf.path, leaf.dtype, tuple(leaf.shape)) for leaf in g.leaves
+                    LeafSpec(leaf.path, leaf.dtype, tuple(leaf.shape), leaf.units)
+                    for leaf in g.leaves
                 ),
                 structure=_json_object(g.structure_json, "structure", default={}),
                 frequency=_json_object(g.frequency_json, "frequency", default={}),

@@ -82,8 +82,20 @@ class StoreTarget:
     authority: str = ""
 
 
+#: Port of ``trajstore serve`` unless told otherwise.
+DEFAULT_PORT = 50051
+#: gRPC targets passed on as they are.
+_TARGET_SCHEMES = ("unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
 def _split_host_port(item: str) -> tuple[str, int]:
     host, sep, port = item.rpartition(":")
+    if (not sep or not port.isdigit()) and item and "/" not in item:
+        # gRPC would take a bare name for host:443, which no store listens on.
+        raise InvalidArgumentError(
+            f"store address {item!r} has no port: write host:port (a store listens on "
+            f"{DEFAULT_PORT} unless told otherwise: {item}:{DEFAULT_PORT})"
+        )
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgumentError(f"store address {item!r} is not host:port")
     return host.removeprefix("[").removesuffix("]"), int(port)
@@ -115,13 +127,15 @@ def store_target(address: str) -> StoreTarget:
     whenever a store goes away.
 
     Raises:
-        InvalidArgumentError: An item of a list is not ``host:port``, or its
-            host does not resolve.
+        InvalidArgumentError: The address (or an item of a list) is not
+            ``host:port``, or a listed host does not resolve.
     """
     address = address.strip()
     if address.startswith("dns:"):
         return StoreTarget(address, routed=True)
     if "," not in address:
+        if not address.startswith(_TARGET_SCHEMES):
+            _split_host_port(address)
         return StoreTarget(address, routed=False)
     items = [item.strip() for item in address.split(",") if item.strip()]
     if not items:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from trajstore.client.reader import _RemoteLeaves
+from trajstore.client.reader import RemoteLeaves
+from trajstore.errors import RunExistsError
 from trajstore.store.copying import copy_frames
 from trajstore.store.ownership import RunLock
 from trajstore.store.writer import RunFileWriter
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
 __all__ = ["pull_run"]
 
 
-def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_bytes: int) -> Path:
+def pull_run(
+    reader: RemoteStorageReader,
+    path: Path,
+    *,
+    progress: bool,
+    chunk_bytes: int,
+    overwrite: bool = False,
+) -> Path:
     """Copy every durable frame of ``reader``'s run into ``path`` (same layout as the store's).
 
     The file is written next to ``path`` and renamed into place when
@@ -34,19 +42,23 @@ def pull_run(reader: RemoteStorageReader, path: Path, *, progress: bool, chunk_b
             of it (a restart from a checkpoint), while it was pulled: nothing
             is written (pull again).
         RunLockedError: Another writer holds ``path``.
+        RunExistsError: ``path`` exists and ``overwrite`` is false.
+        StorageError: ``path``'s directory does not exist.
     """
     spec = reader.spec
     info = reader.version()
     partial = path.with_name(path.name + ".part")
     total = sum(info.frames[g.name] * g.frame_nbytes for g in spec.groups)
     with RunLock.acquire(path) as lock:
+        if path.exists() and not overwrite:
+            raise RunExistsError(f"{path} exists; pull with overwrite=True (--force) to replace it")
         file = RunFileWriter(partial, spec, mode="overwrite", lock=lock.share())
         try:
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=reader.run, disable=not progress
             ) as bar:
                 sources = [
-                    _RemoteLeaves(reader, position, info.generation)
+                    RemoteLeaves(reader, position, info.generation)
                     for position in range(len(spec.groups))
                 ]
                 copy_frames(

@@ -32,7 +32,14 @@ from trajstore.schema import GroupSpec, RunSpec
 from trajstore.v1 import query_pb2 as qpb
 from trajstore.v1 import query_pb2_grpc as qpb_grpc
 
-__all__ = ["Client", "RemoteGroupReader", "RemoteStorageReader", "RunInfo", "connect"]
+__all__ = [
+    "Client",
+    "RemoteGroupReader",
+    "RemoteLeaves",
+    "RemoteStorageReader",
+    "RunInfo",
+    "connect",
+]
 
 #: Reads of one frame up to this size go in one Fetch round trip instead of a Read stream.
 FETCH_BYTES = 4 << 20
@@ -197,36 +204,39 @@ def _unpack(response: Fetched, dtypes: Sequence[np.dtype[Any]]) -> list[Any]:
     return arrays
 
 
-class _RemoteLeaves:
+class RemoteLeaves:
     """:class:`~trajstore.reading.LeafSource` for one group of a run on the store."""
 
     def __init__(self, reader: RemoteStorageReader, position: int, generation: int = 0) -> None:
-        self._reader = reader
+        #: The open run.
+        self.reader = reader
         self._position = position
         self.spec: GroupSpec = reader.spec.groups[position]
         #: Reads expect this generation of the run (0: any): see :meth:`pinned`.
         self.generation = generation
 
-    def pinned(self) -> tuple[_RemoteLeaves, int]:
+    def pinned(self) -> tuple[RemoteLeaves, int]:
         """This group pinned to the run's version now, and its frames then.
 
         Reads through the result raise
         :class:`~trajstore.errors.RunChangedError` once the run is replaced
         or this group rewound.
         """
-        info = self._reader.version()
-        return _RemoteLeaves(self._reader, self._position, info.generation), info.frames[
+        info = self.reader.version()
+        return RemoteLeaves(self.reader, self._position, info.generation), info.frames[
             self.spec.name
         ]
 
     def frames(self) -> int:
-        return self._reader.describe().frames[self.spec.name]
+        """Frames of the group on the store now."""
+        return self.reader.describe().frames[self.spec.name]
 
     def read(self, leaves: Sequence[int], index: Any) -> list[Any]:
-        calls = self._reader.calls
+        """``array[index]`` of each chosen leaf, from the store."""
+        calls = self.reader.calls
         components, is_tuple = wire.index_to_proto(index)
         request = qpb.ReadRequest(
-            run=self._reader.run,
+            run=self.reader.run,
             group=self.spec.name,
             leaves=list(leaves),
             index=components,
@@ -263,7 +273,7 @@ class RemoteGroupReader(GroupReader[Any]):
     network and the caller's work on a chunk overlap.
     """
 
-    def __init__(self, source: _RemoteLeaves, *, like: Any = None) -> None:
+    def __init__(self, source: RemoteLeaves, *, like: Any = None) -> None:
         super().__init__(source, like=like)
         self._remote = source
 
@@ -329,7 +339,7 @@ class RemoteGroupReader(GroupReader[Any]):
     ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         # The version followed: the one the run has now, with the schema this reader read.
-        generation = self._remote._reader.version().generation
+        generation = self._remote.reader.version().generation
         position = start  # the next frame to yield
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -343,7 +353,7 @@ class RemoteGroupReader(GroupReader[Any]):
                 if on_rewind == "raise":
                     raise
                 if e.rewind_frame is None:
-                    self._remote._reader.version()  # raises if the group's schema changed
+                    self._remote.reader.version()  # raises if the group's schema changed
                 first = start if e.rewind_frame is None else max(start, e.rewind_frame)
                 if callable(on_rewind):
                     on_rewind(e)
@@ -361,7 +371,7 @@ class RemoteGroupReader(GroupReader[Any]):
         """One Follow call: frames of one generation from ``start`` on."""
         positions, treedef = self._selected(select)
         unique = list(dict.fromkeys(positions))  # the store sends each leaf once
-        reader = self._remote._reader
+        reader = self._remote.reader
         calls = reader.calls
         request = qpb.FollowRequest(
             run=reader.run, group=self.name, leaves=unique, start=start, generation=generation
@@ -434,14 +444,15 @@ class RemoteStorageReader:
         self.run = run
         self._token = token
         self._timeout = timeout
-        self._tls_ca = tls_ca
+        #: CA certificate (PEM) for TLS, if given.
+        self.tls_ca = tls_ca
         self._calls: _Calls | None = None
         self._spec: RunSpec | None = None
 
     def __enter__(self) -> RemoteStorageReader:
         if self._calls is not None:  # already open (``Client.open_run`` opens it)
             return self
-        self._calls = _Calls(self.address, self._token, self._timeout, self._tls_ca)
+        self._calls = _Calls(self.address, self._token, self._timeout, self.tls_ca)
         try:
             described = self._calls.unary(
                 self._calls.stub.DescribeRun, qpb.DescribeRunRequest(run=self.run)
@@ -519,7 +530,7 @@ class RemoteStorageReader:
     ) -> RemoteGroupReader:
         """A reader for one group, by name or by a view on the config."""
         position = group_position(self.spec, view_or_name, self.run)
-        return RemoteGroupReader(_RemoteLeaves(self, position), like=like)
+        return RemoteGroupReader(RemoteLeaves(self, position), like=like)
 
 
 class Client:
@@ -580,6 +591,18 @@ class Client:
             self.address, run, token=self._token, timeout=self._timeout, tls_ca=self._tls_ca
         ).__enter__()
 
+    def open_runs(self, prefix: str, group: str | None = None, *, chunks: Any = None) -> Any:
+        """One group of every run whose name starts with ``prefix``, as one xarray Dataset.
+
+        A ``run`` dimension stacks the runs, which must have equal shapes;
+        see :func:`trajstore.open_runs`. Needs the ``analysis`` extra.
+        """
+        from trajstore.xarray_backend import open_runs
+
+        return open_runs(
+            self.address, prefix, group, chunks=chunks, token=self._token, tls_ca=self._tls_ca
+        )
+
     def pull(
         self,
         run: str,
@@ -587,20 +610,25 @@ class Client:
         *,
         progress: bool | None = None,
         chunk_bytes: int = 16 << 20,
+        overwrite: bool = False,
     ) -> Path:
         """Download ``run`` into a local HDF5 file that :class:`~trajstore.HDF5StorageReader` opens.
 
         Args:
             run: Run name.
-            path: Local file to write (replaced if it exists).
+            path: Local file to write; its directory must exist.
             progress: Show a progress bar (default: when stderr is a terminal).
             chunk_bytes: Bytes fetched per request.
+            overwrite: Replace ``path`` if it exists (else
+                :class:`~trajstore.errors.RunExistsError`).
         """
         from trajstore.client.pull import pull_run
 
         show = sys.stderr.isatty() if progress is None else progress
         with self.open_run(run) as reader:
-            return pull_run(reader, Path(path), progress=show, chunk_bytes=chunk_bytes)
+            return pull_run(
+                reader, Path(path), progress=show, chunk_bytes=chunk_bytes, overwrite=overwrite
+            )
 
 
 def connect(

@@ -133,8 +133,10 @@ class RemoteStorageWriter(Generic[State, Config]):
         self._stub: pb_grpc.IngestServiceStub | None = None
         self._sender: BlockSender | None = None
         self._clock = StepClock()
-        #: Frames durable per group when the run was opened (``append``: where each stands).
-        self.resumed_frames: list[int] = []
+        #: Frames durable per group (by name) when the run was opened: ``append``
+        #: resumes each from there.
+        self.resumed_frames: dict[str, int] = {}
+        self._group_names: list[str] = []
 
     def __enter__(self) -> RemoteStorageWriter[State, Config]:
         if self._sender is not None:
@@ -159,6 +161,7 @@ class RemoteStorageWriter(Generic[State, Config]):
         self._channel = open_channel(self.address, self._tls_ca)
         self._stub = pb_grpc.IngestServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._schema = wire.schema_to_proto(spec)
+        self._group_names = spec.group_names
         try:
             session = self._open_run(self.mode)
         except BaseException:
@@ -199,7 +202,7 @@ class RemoteStorageWriter(Generic[State, Config]):
             timeout=self.timeout,
         )
         if not takeover:
-            self.resumed_frames = list(session.frames)
+            self.resumed_frames = dict(zip(self._group_names, session.frames, strict=True))
         return session
 
     @property

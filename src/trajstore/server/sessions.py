@@ -388,8 +388,10 @@ class RunRegistry:
             held = self._by_run.get(run)
             live = held is not None and held.idle_seconds() < self.config.lease_seconds
             mine = held is not None and bool(takeover) and held.id == takeover
-            if run in self._opening or (live and not mine):
-                raise RunLockedError(f"run {run!r} is being written by another writer")
+            if run in self._opening:
+                raise RunLockedError(f"run {run!r} is being opened by another writer")
+            if live and not mine and held is not None:
+                raise RunLockedError(self._held_message(run, held))
             open_runs = len(self._by_run) - (held is not None)  # held is replaced
             if open_runs + len(self._opening) >= self.config.limits.max_open_runs:
                 raise ResourceExhaustedError(
@@ -420,6 +422,17 @@ class RunRegistry:
                 self._opening.discard(run)
                 self._lock.notify_all()
 
+    def _held_message(self, run: str, held: WriterSession) -> str:
+        """Why ``run`` is refused: who holds it, and when that hold lapses if its writer is gone."""
+        idle = held.idle_seconds()
+        left = max(self.config.lease_seconds - idle, 0.0)
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + left))
+        return (
+            f"run {run!r} is being written by another writer (last heard from {idle:.0f} s "
+            f"ago); if that writer is gone, its hold lapses {self.config.lease_seconds:g} s "
+            f"after its last message: try again in {left:.0f} s (at {at})"
+        )
+
     def _refuse_if_stopping(self) -> None:
         if self._stopping:
             raise UnavailableError("the store is shutting down; try again (another store)")
@@ -435,7 +448,11 @@ class RunRegistry:
         except RunLockedError as e:
             if not e.holder:  # being read in this store: the message names the run
                 raise
-            raise RunLockedError(f"run {run!r} is being written by {e.holder}") from None
+            raise RunLockedError(
+                f"run {run!r} is being written by {e.holder}; if that writer is gone, its "
+                f"store lets go of the run when its lease runs out ({self.config.lease_seconds:g} "
+                f"s here after its last message)"
+            ) from None
         except RunExistsError:
             raise RunExistsError(
                 f"run {run!r} already exists (open it with mode 'overwrite' or 'append')"

@@ -1,14 +1,23 @@
 """The on-disk layout of a run file: names, attributes and chunking.
 
-One HDF5 file per run. Root attributes: ``group_names`` (JSON list),
-``actual_steps``, ``trajstore_format``, ``metadata`` (JSON object),
-``config_structure`` (JSON), ``total_steps`` (the writer's hint, ``-1`` if
-none), ``created`` (Unix time) and ``generation`` (the version of the run:
-see :func:`new_generation`; files written before it read as ``0``). One
-HDF5 group per logging group, holding one dataset per leaf
-(``"array" + keystr(leaf path)``) and the attributes ``spec`` (the
-:class:`~trajstore.schema.GroupSpec` as JSON), ``paths`` (dataset names in
-leaf order, as kUPS writes them) and ``frames`` (frames written).
+One HDF5 file per run. Root attributes: ``group_names`` (JSON list of
+kUPS's group names), ``actual_steps``, ``trajstore_format``, ``metadata``
+(JSON object), ``config_structure`` (JSON), ``total_steps`` (the writer's
+hint, ``-1`` if none), ``created`` (Unix time) and ``generation`` (the
+version of the run: see :func:`new_generation`; files written before it
+read as ``0``). One HDF5 group per logging group, holding one dataset per
+leaf and the attributes ``spec`` (the :class:`~trajstore.schema.GroupSpec`
+as JSON), ``paths`` (dataset names in leaf order) and ``frames`` (frames
+written). Names: :mod:`.naming`.
+
+Format 2 lays each group out as netCDF-4 does, so that h5netcdf, xarray,
+``ncdump`` and ``h5dump`` read a closed run without trajstore: the time
+axis is the unlimited dimension ``frame``, every leaf axis a dimension of
+its own (HDF5 dimension scales that are not variables), and where the
+group logs every n steps, the variable ``step`` (int64, along ``frame``)
+holds each frame's step and the leaves name it in their ``coordinates``
+attribute. Format 1 (kUPS's bracketed names, no dimensions) still reads
+and appends.
 
 Datasets with a time axis start empty and grow as frames arrive, so a file
 never shows preallocated frames. Chunks hold about
@@ -38,10 +47,14 @@ __all__ = [
     "dataset_kwargs",
     "new_generation",
     "run_attrs",
+    "step_chunk_frames",
+    "step_interval",
 ]
 
-#: Version of the layout described above; readers refuse newer files.
-FORMAT_VERSION = 1
+#: Version of the layout described above, which new files get.
+FORMAT_VERSION = 2
+#: The versions this trajstore reads and appends to; readers refuse newer files.
+READABLE_FORMATS = (1, 2)
 
 #: Lowest library version that allows SWMR, and that Debian bookworm's
 #: HDF5 1.10 tools still read (``"latest"`` alone writes files they do not).
@@ -59,6 +72,7 @@ ATTR_GROUP_SPEC = "spec"
 ATTR_PATHS = "paths"
 ATTR_FRAMES = "frames"
 ATTR_DTYPE = "dtype"
+ATTR_UNITS = "units"
 
 #: A block write aims at this many bytes per group ...
 BLOCK_TARGET_BYTES = 1 << 22
@@ -132,6 +146,24 @@ def dataset_kwargs(leaf: LeafSpec, group: GroupSpec) -> dict[str, Any]:
         if group.compression is not None and math.prod(leaf.shape) > 0:
             kwargs.update(group.compression.filter_kwargs())
     return kwargs
+
+
+def step_interval(group: GroupSpec) -> int | None:
+    """``n`` of a group that logs every ``n`` steps (frame ``i`` is step ``i * n``); else ``None``.
+
+    Only such groups have a ``step`` variable: the step of a frame of a
+    custom frequency is not known where frames are written.
+    """
+    frequency = group.frequency
+    if not group.time_axis or frequency.get("kind") != "every_n_step":
+        return None
+    n = frequency.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
+def step_chunk_frames(group: GroupSpec) -> int:
+    """Chunk length of a group's ``step`` variable: whole blocks, and never tiny."""
+    return max(batch_frames(group), 512)
 
 
 def new_generation() -> int:

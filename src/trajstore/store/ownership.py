@@ -133,6 +133,8 @@ class RunLock:
         path = lock_path(run_path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileNotFoundError:
+            raise StorageError(f"no directory {path.parent} for the run file") from None
         except OSError as e:
             raise StorageError(f"cannot open the lock file {path}: {e}") from e
         try:

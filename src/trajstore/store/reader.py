@@ -26,6 +26,7 @@ from trajstore.errors import (
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store import layout
 from trajstore.store.indexing import Plan, plan_index
+from trajstore.store.naming import group_paths, run_names
 from trajstore.store.opening import open_for_reading
 
 __all__ = ["RunFileReader"]
@@ -61,6 +62,8 @@ class RunFileReader:
             self._file.close()
             raise
         self._index = {g.name: i for i, g in enumerate(self.spec.groups)}
+        #: Where each group's objects are in the file (see :mod:`~trajstore.store.naming`).
+        self.names = run_names(self.spec, self.format)
         #: The file this handle has open, as (device, inode): a run put in
         #: place anew under its name (overwritten) is another file.
         self.file_id = _file_id(self._file, self.path)
@@ -75,23 +78,27 @@ class RunFileReader:
         if layout.ATTR_FORMAT not in attrs:
             raise SchemaError(f"{self.path} is not a trajstore run file")
         version = int(attrs[layout.ATTR_FORMAT])
-        if version > layout.FORMAT_VERSION:
+        if version not in layout.READABLE_FORMATS:
             raise SchemaError(
-                f"{self.path} has format {version}; this trajstore reads up to "
-                f"{layout.FORMAT_VERSION}"
+                f"{self.path} has format {version}; this trajstore reads formats "
+                f"{', '.join(map(str, layout.READABLE_FORMATS))}"
             )
+        #: The file's format version (:data:`~trajstore.store.layout.FORMAT_VERSION`).
+        self.format = version
         try:
             names = loads_json(attrs[layout.ATTR_GROUP_NAMES], "group names")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError("group names are not a list of strings")
             groups = tuple(
                 GroupSpec.from_json(
                     # A group's spec holds its structure description one level down.
                     loads_json(
-                        self._file[n].attrs[layout.ATTR_GROUP_SPEC],
-                        f"group {n} spec",
+                        self._file[path].attrs[layout.ATTR_GROUP_SPEC],
+                        f"group {name} spec",
                         max_depth=MAX_JSON_DEPTH + 1,
                     )
                 )
-                for n in names
+                for name, path in zip(names, group_paths(names, version), strict=True)
             )
             total = int(attrs[layout.ATTR_TOTAL_STEPS])
             return RunSpec(
@@ -185,7 +192,7 @@ class RunFileReader:
     def _group(self, group: int) -> h5py.Group:
         handle = self._groups.get(group)
         if handle is None:
-            handle = self._groups[group] = self._file[self.spec.groups[group].name]
+            handle = self._groups[group] = self._file[self.names[group].path]
         return handle
 
     def _dataset(self, group: int, leaf: int, frames: int | None) -> tuple[h5py.Dataset, int]:
@@ -216,7 +223,7 @@ class RunFileReader:
         keeps the settings of a dataset's first opening while it is open.)
         """
         spec = self.spec.groups[group]
-        name = spec.leaves[leaf].dataset_name
+        name = self.names[group].datasets[leaf]
         if spec.compression is not None:
             return self._group(group)[name]
         access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)

@@ -7,8 +7,10 @@ HDF5 reader through the pipeline's own decoders (shuffle, deflate, zstd):
   filling up is rewritten at every flush. Compressed, each rewrite has a new
   size, and HDF5 moves it to new file space without ever reclaiming the old:
   a run flushed often grows far beyond its data. Stored, its size depends
-  only on its shape, so HDF5 rewrites it in place. It is compressed for real
-  once it is full.
+  only on its shape, so HDF5 rewrites it in place. It stays stored once
+  full: in SWMR mode HDF5 does not free a rewritten chunk's old space when
+  its size changes either, so compressing it then would leak the stored
+  chunk. Chunks written whole in one block are compressed.
 - :func:`encode_compressed`: full chunks compressed outside HDF5, whose
   filters run on one thread under h5py's global lock. zstd (python-zstandard)
   and zlib release the GIL, so the store compresses a block's chunks on

@@ -26,6 +26,7 @@ from trajstore.errors import (
 )
 from trajstore.schema import GroupSpec, RunSpec, storage_dtype
 from trajstore.store import layout
+from trajstore.store.naming import FRAME_DIM, STEP_VARIABLE, GroupNames, run_names
 from trajstore.store.opening import is_left_open
 from trajstore.store.ownership import RunLock
 from trajstore.store.space import check_room
@@ -74,13 +75,20 @@ class Hdf5ObjWriter:
     def __init__(
         self,
         spec: GroupSpec,
-        datasets: Sequence[h5py.Dataset],
+        names: GroupNames,
+        group: h5py.Group,
         frames: int,
         chunk_pool: Executor | None = None,
     ) -> None:
         self.spec = spec
-        self.datasets = list(datasets)
+        self.names = names
+        self.datasets = [group[name] for name in names.datasets]
         self.frames = frames
+        interval = layout.step_interval(spec) if names.netcdf else None
+        # The ``step`` coordinate (format 2, groups logging every n steps).
+        self._steps: tuple[h5py.Dataset, int] | None = (
+            None if interval is None else (group[STEP_VARIABLE], interval)
+        )
         self._pool = chunk_pool
         self._storage = [storage_dtype(leaf.dtype) for leaf in spec.leaves]
         self._tails = [
@@ -92,29 +100,40 @@ class Hdf5ObjWriter:
 
     @classmethod
     def create(
-        cls, parent: h5py.Group, spec: GroupSpec, chunk_pool: Executor | None = None
+        cls,
+        parent: h5py.Group,
+        spec: GroupSpec,
+        names: GroupNames,
+        chunk_pool: Executor | None = None,
     ) -> Hdf5ObjWriter:
-        """Create the HDF5 group and its (empty) datasets for ``spec``."""
-        group = parent.create_group(spec.name)
+        """Create the HDF5 group and its (empty) datasets for ``spec``, named by ``names``."""
+        group = parent.create_group(names.path)
         datasets = []
-        for leaf in spec.leaves:
-            ds = group.create_dataset(leaf.dataset_name, **layout.dataset_kwargs(leaf, spec))
+        for leaf, name in zip(spec.leaves, names.datasets, strict=True):
+            ds = group.create_dataset(name, **layout.dataset_kwargs(leaf, spec))
             if leaf.dtype == "bfloat16":
                 ds.attrs[layout.ATTR_DTYPE] = leaf.dtype
+            if leaf.units:
+                ds.attrs[layout.ATTR_UNITS] = np.bytes_(leaf.units)  # netCDF text, not a vlen str
             datasets.append(ds)
+        if names.netcdf:
+            _lay_out_dimensions(group, spec, names, datasets)
         group.attrs[layout.ATTR_GROUP_SPEC] = json.dumps(spec.to_json())
-        group.attrs[layout.ATTR_PATHS] = json.dumps([leaf.dataset_name for leaf in spec.leaves])
+        group.attrs[layout.ATTR_PATHS] = json.dumps(list(names.datasets))
         group.attrs[layout.ATTR_FRAMES] = np.int64(0)
-        return cls(spec, datasets, 0, chunk_pool)
+        return cls(spec, names, group, 0, chunk_pool)
 
     @classmethod
     def open(
-        cls, parent: h5py.Group, spec: GroupSpec, chunk_pool: Executor | None = None
+        cls,
+        parent: h5py.Group,
+        spec: GroupSpec,
+        names: GroupNames,
+        chunk_pool: Executor | None = None,
     ) -> Hdf5ObjWriter:
         """Bind to the existing group for ``spec`` (to resume a run)."""
-        group = parent[spec.name]
-        datasets = [group[leaf.dataset_name] for leaf in spec.leaves]
-        return cls(spec, datasets, int(group.attrs[layout.ATTR_FRAMES]), chunk_pool)
+        group = parent[names.path]
+        return cls(spec, names, group, int(group.attrs[layout.ATTR_FRAMES]), chunk_pool)
 
     def check_block(self, start: int, count: int, leaves: Sequence[np.ndarray]) -> None:
         """Raise :class:`FrameMismatchError` unless the block fits the schema."""
@@ -155,15 +174,18 @@ class Hdf5ObjWriter:
         prepared: PreparedBlock = []
         try:
             for i, plan in enumerate(self._tails):
-                if plan is None or start % plan.frames:
+                if plan is None:
                     prepared.append(None)
                     continue
                 array = self._stored_view(i, leaves[i])
                 size, filters = plan.frames, plan.filters
+                # A chunk begun before ``start`` is on disk stored: it stays stored.
+                first = -start % size
                 prepared.append(
                     {
                         start + j: pool.submit(encode_compressed, array[j : j + size], filters)
-                        for j in range(0, count - count % size, size)
+                        for j in range(first, count - (count - first) % size, size)
+                        if j + size <= count
                     }
                 )
         except RuntimeError:  # the pool was shut down: write_block reports it
@@ -197,24 +219,53 @@ class Hdf5ObjWriter:
             if ds.shape[0] != stop:
                 ds.resize(stop, axis=0)
             tail = self._tails[i]
-            if tail is None or stop % tail.frames == 0:
+            if tail is None or (start % tail.frames == 0 and stop % tail.frames == 0):
                 if count:
                     self._write_frames(i, start, array, ready)
                 continue
-            # The block ends inside a chunk of many frames, which is rewritten at
-            # every flush until it fills up. Stored without compression its size
-            # stays the same, so HDF5 rewrites it in place (see store/stored.py).
-            tail_start = stop - stop % tail.frames
-            if start < tail_start:
-                self._write_frames(i, start, array[: tail_start - start], ready)
-            chunk = np.zeros(tail.shape, self._storage[i])
-            if start > tail_start:
-                chunk[: start - tail_start] = ds[tail_start:start]
-            first = max(start, tail_start)
-            chunk[first - tail_start : stop - tail_start] = array[first - start :]
-            encoded = encode_stored(chunk, tail.filters)
-            ds.id.write_direct_chunk((tail_start,) + (0,) * (ds.ndim - 1), encoded)
+            # A chunk of many frames that the block leaves partly filled is
+            # rewritten at every flush until it fills up. Stored without
+            # compression its size stays the same, so HDF5 rewrites it in place
+            # (see store/stored.py). It stays stored once full: in SWMR mode HDF5
+            # never frees a chunk's old space when its size changes, so
+            # compressing it then would leak the whole stored chunk.
+            size = tail.frames
+            head = start - start % size  # the first chunk the block touches
+            whole_from = head if start == head else head + size
+            whole_to = max(stop - stop % size, whole_from)
+            if start != head:
+                # The block continues a chunk already on disk, stored.
+                self._write_stored(i, tail, head, start, array[: min(stop, head + size) - start])
+            if whole_from < whole_to:
+                self._write_frames(
+                    i, whole_from, array[whole_from - start : whole_to - start], ready
+                )
+            if stop % size and stop - stop % size >= whole_from:
+                # The block ends inside a chunk it began (or that starts with it).
+                tail_start = stop - stop % size
+                self._write_stored(i, tail, tail_start, tail_start, array[tail_start - start :])
+        if self._steps is not None:
+            steps, interval = self._steps
+            if steps.shape[0] != stop:
+                steps.resize(stop, axis=0)
+            if count:
+                steps[start:stop] = np.arange(start, stop, dtype=np.int64) * interval
         self.frames = stop
+
+    def _write_stored(
+        self, leaf: int, plan: _StoredTail, chunk_start: int, start: int, array: np.ndarray
+    ) -> None:
+        """Write frames ``start...`` of ``leaf`` into its chunk at ``chunk_start``, stored.
+
+        Frames of the chunk before ``start`` are read back from the file.
+        """
+        ds = self.datasets[leaf]
+        chunk = np.zeros(plan.shape, self._storage[leaf])
+        if start > chunk_start:
+            chunk[: start - chunk_start] = ds[chunk_start:start]
+        chunk[start - chunk_start : start - chunk_start + len(array)] = array
+        encoded = encode_stored(chunk, plan.filters)
+        ds.id.write_direct_chunk((chunk_start,) + (0,) * (ds.ndim - 1), encoded)
 
     def _write_frames(
         self,
@@ -370,7 +421,12 @@ class RunFileWriter:
         try:
             for key, value in layout.run_attrs(self.spec).items():
                 file.attrs[key] = value
-            groups = [Hdf5ObjWriter.create(file, g, self._chunk_pool) for g in self.spec.groups]
+            groups = [
+                Hdf5ObjWriter.create(file, g, names, self._chunk_pool)
+                for g, names in zip(
+                    self.spec.groups, run_names(self.spec, layout.FORMAT_VERSION), strict=True
+                )
+            ]
             if mode == "create":
                 _link_new(staging, target)
             else:
@@ -392,23 +448,26 @@ class RunFileWriter:
 
     def _bind_existing(self, file: h5py.File) -> list[Hdf5ObjWriter]:
         version = int(file.attrs.get(layout.ATTR_FORMAT, -1))
-        if version != layout.FORMAT_VERSION:
-            raise SchemaError(f"{self.path} has format {version}, not {layout.FORMAT_VERSION}")
+        if version not in layout.READABLE_FORMATS:
+            raise SchemaError(
+                f"{self.path} has format {version}; this trajstore appends to formats "
+                f"{', '.join(map(str, layout.READABLE_FORMATS))}"
+            )
         existing = loads_json(file.attrs[layout.ATTR_GROUP_NAMES], "group names")
         if existing != self.spec.group_names:
             raise SchemaError(
                 f"cannot append: the run has groups {existing}, the writer {self.spec.group_names}"
             )
         groups = []
-        for spec in self.spec.groups:
+        for spec, names in zip(self.spec.groups, run_names(self.spec, version), strict=True):
             stored = loads_json(
-                file[spec.name].attrs[layout.ATTR_GROUP_SPEC],
+                file[names.path].attrs[layout.ATTR_GROUP_SPEC],
                 f"group {spec.name} spec",
                 max_depth=MAX_JSON_DEPTH + 1,  # the structure description is one level down
             )
             if _layout_key(stored) != _layout_key(spec.to_json()):
                 raise SchemaError(f"cannot append: group {spec.name} has a different schema")
-            groups.append(Hdf5ObjWriter.open(file, spec, self._chunk_pool))
+            groups.append(Hdf5ObjWriter.open(file, spec, names, self._chunk_pool))
         return groups
 
     @property
@@ -554,8 +613,8 @@ class RunFileWriter:
     def _write_count(self, group_index: int, frames: int) -> None:
         """Set a group's count in the file (reaches the OS with the next HDF5 flush)."""
         if frames != self._published[group_index]:
-            name = self.groups[group_index].spec.name
-            self._file[name].attrs[layout.ATTR_FRAMES] = np.int64(frames)
+            path = self.groups[group_index].names.path
+            self._file[path].attrs[layout.ATTR_FRAMES] = np.int64(frames)
             self._published[group_index] = frames
 
     def close(self) -> None:
@@ -659,12 +718,56 @@ def _stored_tail_plan(ds: h5py.Dataset, frame_nbytes: int) -> _StoredTail | None
     return _StoredTail(tuple(chunks), filters)
 
 
+#: The ``NAME`` of a netCDF-4 dimension that is not a variable, by its length.
+_NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable.%10d"
+
+
+def _lay_out_dimensions(
+    group: h5py.Group, spec: GroupSpec, names: GroupNames, datasets: Sequence[h5py.Dataset]
+) -> None:
+    """Give a new group's datasets netCDF-4 dimensions and, where known, the ``step`` coordinate.
+
+    The dimensions are dimension scales that hold no data (HDF5 allocates
+    nothing for them); the time axis's stays empty, as netCDF-4 leaves it:
+    readers take an unlimited dimension's length from its variables.
+    """
+    frame = None
+    steps = None
+    if spec.time_axis:
+        frame = group.create_dataset(
+            FRAME_DIM, shape=(0,), maxshape=(None,), dtype="f4", chunks=(1,)
+        )
+        frame.make_scale(_NOT_A_VARIABLE % 0)
+        interval = layout.step_interval(spec)
+        if interval is not None:
+            chunk = (layout.step_chunk_frames(spec),)
+            steps = group.create_dataset(
+                STEP_VARIABLE, shape=(0,), maxshape=(None,), dtype="<i8", chunks=chunk
+            )
+            steps.dims[0].attach_scale(frame)
+            steps.attrs["long_name"] = np.bytes_(f"simulation step (every {interval})")
+    for index, (leaf, ds) in enumerate(zip(spec.leaves, datasets, strict=True)):
+        axes = 0
+        if frame is not None:
+            ds.dims[0].attach_scale(frame)
+            axes = 1
+        for axis, path in enumerate(names.dim_paths(index)):
+            size = leaf.shape[axis]
+            scale = group.create_dataset(path, shape=(size,), dtype="f4")
+            scale.make_scale(_NOT_A_VARIABLE % size)
+            ds.dims[axis + axes].attach_scale(scale)
+        if steps is not None and "/" not in names.datasets[index]:
+            # netCDF looks a coordinate up in the variable's own group only.
+            ds.attrs["coordinates"] = np.bytes_(STEP_VARIABLE)
+
+
 def _layout_key(group_json: dict[str, Any]) -> tuple[Any, ...]:
-    """The parts of a group spec that fix its on-disk layout."""
+    """The parts of a group spec that fix its on-disk layout (units do not)."""
+    leaves = [{k: v for k, v in leaf.items() if k != "units"} for leaf in group_json["leaves"]]
     return (
         group_json["name"],
         group_json["time_axis"],
-        json.dumps(group_json["leaves"], sort_keys=True),
+        json.dumps(leaves, sort_keys=True),
         json.dumps(group_json["compression"], sort_keys=True),
     )
 

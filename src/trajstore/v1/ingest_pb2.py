@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19trajstore/v1/ingest.proto\x12\x0ctrajstore.v1\"m\n\x0b\x43ompression\x12\"\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x13.trajstore.v1.Codec\x12\r\n\x05level\x18\x02 \x01(\x05\x12\x0f\n\x07shuffle\x18\x03 \x01(\x08\x12\x1a\n\x12target_chunk_bytes\x18\x04 \x01(\x03\"8\n\nLeafSchema\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb8\x01\n\x0bGroupSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttime_axis\x18\x02 \x01(\x08\x12(\n\x06leaves\x18\x03 \x03(\x0b\x32\x18.trajstore.v1.LeafSchema\x12\x16\n\x0estructure_json\x18\x04 \x01(\t\x12\x16\n\x0e\x66requency_json\x18\x05 \x01(\t\x12.\n\x0b\x63ompression\x18\x06 \x01(\x0b\x32\x19.trajstore.v1.Compression\"\x96\x01\n\tRunSchema\x12)\n\x06groups\x18\x01 \x03(\x0b\x32\x19.trajstore.v1.GroupSchema\x12\x1d\n\x15\x63onfig_structure_json\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x18\n\x0btotal_steps\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0e\n\x0c_total_steps\"\x86\x01\n\x0eOpenRunRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.trajstore.v1.OpenMode\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.trajstore.v1.RunSchema\x12\x18\n\x10takeover_session\x18\x04 \x01(\t\"z\n\x0fOpenRunResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x03(\x03\x12\x14\n\x0c\x61\x63tual_steps\x18\x03 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"\xc2\x01\n\x0cWriteRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x62lock\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\r\x12\r\n\x05start\x18\x04 \x01(\x03\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x14\n\x0c\x61\x63tual_steps\x18\t \x01(\x03\x12\r\n\x05\x66lush\x18\n \x01(\x08\x12\r\n\x05\x63lose\x18\x0b \x01(\x08\"d\n\rWriteResponse\x12\x15\n\rdurable_block\x18\x01 \x01(\x04\x12\x16\n\x0e\x64urable_frames\x18\x02 \x03(\x03\x12\x0e\n\x06\x63losed\x18\x03 \x01(\x08\x12\x14\n\x0c\x61\x63tual_steps\x18\x04 \x01(\x03\"N\n\x0f\x43loseRunRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x19\n\x0c\x61\x63tual_steps\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_actual_steps\"8\n\x10\x43loseRunResponse\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x03\x12\x14\n\x0c\x61\x63tual_steps\x18\x02 \x01(\x03*j\n\x08OpenMode\x12\x19\n\x15OPEN_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10OPEN_MODE_CREATE\x10\x01\x12\x17\n\x13OPEN_MODE_OVERWRITE\x10\x02\x12\x14\n\x10OPEN_MODE_APPEND\x10\x03*]\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x12\x0e\n\nCODEC_GZIP\x10\x03\x12\r\n\tCODEC_LZF\x10\x04\x32\xe8\x01\n\rIngestService\x12\x46\n\x07OpenRun\x12\x1c.trajstore.v1.OpenRunRequest\x1a\x1d.trajstore.v1.OpenRunResponse\x12\x44\n\x05Write\x12\x1a.trajstore.v1.WriteRequest\x1a\x1b.trajstore.v1.WriteResponse(\x01\x30\x01\x12I\n\x08\x43loseRun\x12\x1d.trajstore.v1.CloseRunRequest\x1a\x1e.trajstore.v1.CloseRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19trajstore/v1/ingest.proto\x12\x0ctrajstore.v1\"m\n\x0b\x43ompression\x12\"\n\x05\x63odec\x18\x01 \x01(\x0e\x32\x13.trajstore.v1.Codec\x12\r\n\x05level\x18\x02 \x01(\x05\x12\x0f\n\x07shuffle\x18\x03 \x01(\x08\x12\x1a\n\x12target_chunk_bytes\x18\x04 \x01(\x03\"G\n\nLeafSchema\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05units\x18\x04 \x01(\t\"\xb8\x01\n\x0bGroupSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttime_axis\x18\x02 \x01(\x08\x12(\n\x06leaves\x18\x03 \x03(\x0b\x32\x18.trajstore.v1.LeafSchema\x12\x16\n\x0estructure_json\x18\x04 \x01(\t\x12\x16\n\x0e\x66requency_json\x18\x05 \x01(\t\x12.\n\x0b\x63ompression\x18\x06 \x01(\x0b\x32\x19.trajstore.v1.Compression\"\x96\x01\n\tRunSchema\x12)\n\x06groups\x18\x01 \x03(\x0b\x32\x19.trajstore.v1.GroupSchema\x12\x1d\n\x15\x63onfig_structure_json\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x18\n\x0btotal_steps\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0e\n\x0c_total_steps\"\x86\x01\n\x0eOpenRunRequest\x12\x0b\n\x03run\x18\x01 \x01(\t\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.trajstore.v1.OpenMode\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.trajstore.v1.RunSchema\x12\x18\n\x10takeover_session\x18\x04 \x01(\t\"z\n\x0fOpenRunResponse\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x03(\x03\x12\x14\n\x0c\x61\x63tual_steps\x18\x03 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x03\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"\xc2\x01\n\x0cWriteRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05\x62lock\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\r\x12\r\n\x05start\x18\x04 \x01(\x03\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x14\n\x0c\x61\x63tual_steps\x18\t \x01(\x03\x12\r\n\x05\x66lush\x18\n \x01(\x08\x12\r\n\x05\x63lose\x18\x0b \x01(\x08\"d\n\rWriteResponse\x12\x15\n\rdurable_block\x18\x01 \x01(\x04\x12\x16\n\x0e\x64urable_frames\x18\x02 \x03(\x03\x12\x0e\n\x06\x63losed\x18\x03 \x01(\x08\x12\x14\n\x0c\x61\x63tual_steps\x18\x04 \x01(\x03\"N\n\x0f\x43loseRunRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x19\n\x0c\x61\x63tual_steps\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_actual_steps\"8\n\x10\x43loseRunResponse\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x03\x12\x14\n\x0c\x61\x63tual_steps\x18\x02 \x01(\x03*j\n\x08OpenMode\x12\x19\n\x15OPEN_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10OPEN_MODE_CREATE\x10\x01\x12\x17\n\x13OPEN_MODE_OVERWRITE\x10\x02\x12\x14\n\x10OPEN_MODE_APPEND\x10\x03*]\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x12\x0e\n\nCODEC_GZIP\x10\x03\x12\r\n\tCODEC_LZF\x10\x04\x32\xe8\x01\n\rIngestService\x12\x46\n\x07OpenRun\x12\x1c.trajstore.v1.OpenRunRequest\x1a\x1d.trajstore.v1.OpenRunResponse\x12\x44\n\x05Write\x12\x1a.trajstore.v1.WriteRequest\x1a\x1b.trajstore.v1.WriteResponse(\x01\x30\x01\x12I\n\x08\x43loseRun\x12\x1d.trajstore.v1.CloseRunRequest\x1a\x1e.trajstore.v1.CloseRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trajstore.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENMODE']._serialized_start=1250
-  _globals['_OPENMODE']._serialized_end=1356
-  _globals['_CODEC']._serialized_start=1358
-  _globals['_CODEC']._serialized_end=1451
+  _globals['_OPENMODE']._serialized_start=1265
+  _globals['_OPENMODE']._serialized_end=1371
+  _globals['_CODEC']._serialized_start=1373
+  _globals['_CODEC']._serialized_end=1466
   _globals['_COMPRESSION']._serialized_start=43
   _globals['_COMPRESSION']._serialized_end=152
   _globals['_LEAFSCHEMA']._serialized_start=154
-  _globals['_LEAFSCHEMA']._serialized_end=210
-  _globals['_GROUPSCHEMA']._serialized_start=213
-  _globals['_GROUPSCHEMA']._serialized_end=397
-  _globals['_RUNSCHEMA']._serialized_start=400
-  _globals['_RUNSCHEMA']._serialized_end=550
-  _globals['_OPENRUNREQUEST']._serialized_start=553
-  _globals['_OPENRUNREQUEST']._serialized_end=687
-  _globals['_OPENRUNRESPONSE']._serialized_start=689
-  _globals['_OPENRUNRESPONSE']._serialized_end=811
-  _globals['_WRITEREQUEST']._serialized_start=814
-  _globals['_WRITEREQUEST']._serialized_end=1008
-  _globals['_WRITERESPONSE']._serialized_start=1010
-  _globals['_WRITERESPONSE']._serialized_end=1110
-  _globals['_CLOSERUNREQUEST']._serialized_start=1112
-  _globals['_CLOSERUNREQUEST']._serialized_end=1190
-  _globals['_CLOSERUNRESPONSE']._serialized_start=1192
-  _globals['_CLOSERUNRESPONSE']._serialized_end=1248
-  _globals['_INGESTSERVICE']._serialized_start=1454
-  _globals['_INGESTSERVICE']._serialized_end=1686
+  _globals['_LEAFSCHEMA']._serialized_end=225
+  _globals['_GROUPSCHEMA']._serialized_start=228
+  _globals['_GROUPSCHEMA']._serialized_end=412
+  _globals['_RUNSCHEMA']._serialized_start=415
+  _globals['_RUNSCHEMA']._serialized_end=565
+  _globals['_OPENRUNREQUEST']._serialized_start=568
+  _globals['_OPENRUNREQUEST']._serialized_end=702
+  _globals['_OPENRUNRESPONSE']._serialized_start=704
+  _globals['_OPENRUNRESPONSE']._serialized_end=826
+  _globals['_WRITEREQUEST']._serialized_start=829
+  _globals['_WRITEREQUEST']._serialized_end=1023
+  _globals['_WRITERESPONSE']._serialized_start=1025
+  _globals['_WRITERESPONSE']._serialized_end=1125
+  _globals['_CLOSERUNREQUEST']._serialized_start=1127
+  _globals['_CLOSERUNREQUEST']._serialized_end=1205
+  _globals['_CLOSERUNRESPONSE']._serialized_start=1207
+  _globals['_CLOSERUNRESPONSE']._serialized_end=1263
+  _globals['_INGESTSERVICE']._serialized_start=1469
+  _globals['_INGESTSERVICE']._serialized_end=1701
 # @@protoc_insertion_point(module_scope)

@@ -44,14 +44,16 @@ class Compression(_message.Message):
     def __init__(self, codec: _Optional[_Union[Codec, str]] = ..., level: _Optional[int] = ..., shuffle: _Optional[bool] = ..., target_chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class LeafSchema(_message.Message):
-    __slots__ = ("path", "dtype", "shape")
+    __slots__ = ("path", "dtype", "shape", "units")
     PATH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
     path: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, path: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    units: str
+    def __init__(self, path: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., units: _Optional[str] = ...) -> None: ...
 
 class GroupSchema(_message.Message):
     __slots__ = ("name", "time_axis", "leaves", "structure_json", "frequency_json", "compression")
