@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import ROOT, machine, start, worker
+from benchmarks.run import ROOT, machine, start_store, worker
 
 WAYS = ("reader", "dask_threads", "dask_processes", "dask_processes_mean")
 
@@ -107,21 +107,7 @@ def main() -> int:
         print(json.dumps(read_once(args.way, args.url, args.workers)), flush=True)
         return 0
     data = Path(tempfile.mkdtemp(prefix="trajstore-bench-dask-"))
-    store, line = start(
-        [
-            sys.executable,
-            "-m",
-            "trajstore",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-        ]
-    )
-    address = line.split()[3]
+    store, address = start_store(data)
     rounds: list[dict[str, dict[str, float]]] = []
     try:
         worker("remote", "md", f"{address}/bench/dask", "--scale", str(args.scale))

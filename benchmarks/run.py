@@ -60,9 +60,32 @@ def reader(*args: str) -> dict[str, Any]:
 
 
 def start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start ``command``; the process and the first line it prints."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline() if process.stdout else ""
     return process, line.strip()
+
+
+def start_store(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """``trajstore serve`` on loopback port 0 keeping runs in ``data_dir``; it and its address."""
+    store, line = start(
+        [
+            sys.executable,
+            "-m",
+            "trajstore",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    if not line.startswith("trajstore serving on "):
+        store.kill()
+        raise SystemExit(f"the store did not start: {line!r}")
+    return store, line.split()[3]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -455,21 +478,7 @@ def main() -> int:
     args = parser.parse_args()
     scale, repeats = (0.02, 1) if args.quick else (args.scale, args.repeats)
     data = Path(tempfile.mkdtemp(prefix="trajstore-bench-"))
-    store, line = start(
-        [
-            sys.executable,
-            "-m",
-            "trajstore",
-            "serve",
-            "--data-dir",
-            str(data / "store"),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-        ]
-    )
-    address = line.split()[3]
+    store, address = start_store(data / "store")
     sink, port = start([sys.executable, "-m", "benchmarks.grpc_baseline", "serve"])
     results: dict[str, Any] = {"machine": machine(), "scale": scale, "repeats": repeats}
     try:
