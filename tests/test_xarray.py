@@ -22,6 +22,7 @@ from trajstore.client.reader import RemoteLeaves
 from trajstore.errors import (
     GroupNotFoundError,
     InvalidRunNameError,
+    NotOpenError,
     RunChangedError,
     RunDamagedError,
     RunNotFoundError,
@@ -323,3 +324,11 @@ def test_a_run_overwritten_after_opening_is_never_mixed_in(store):
             ds.pos[1].values  # noqa: B018 (the read is the test)
     with xr.open_dataset(url, engine="trajstore", group="traj") as again:
         assert not np.array_equal(again.pos[0].values, first)  # the new version, whole
+
+
+def test_a_closed_dataset_is_not_read_again(tmp_path):
+    write_local(tmp_path / "r.h5")
+    ds = xr.open_dataset(tmp_path / "r.h5", engine="trajstore", group="traj")
+    ds.close()
+    with pytest.raises(NotOpenError, match="was closed"):
+        ds.pos[0].values  # noqa: B018 (the read is the test)

@@ -44,7 +44,7 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from trajstore.client.reader import Client, RemoteLeaves, RemoteStorageReader
-from trajstore.errors import GroupNotFoundError
+from trajstore.errors import GroupNotFoundError, NotOpenError
 from trajstore.local import FileLeaves
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
@@ -98,36 +98,52 @@ class RunLocation:
         ).__enter__()
 
 
+@dataclass
+class _Opened:
+    """A handle open in one process, and whether closing the dataset closes it."""
+
+    pid: int
+    handle: Handle
+    owned: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class _Handles:
     """The open handle of each :class:`RunLocation` in this process.
 
     The process that opened a dataset registers its handle; another process
     (a dask worker: the location arrived pickled) opens its own on first
-    use. A forked child never uses its parent's handles.
+    use. A forked child never uses its parent's handles. Reading a dataset
+    after closing it, in the process that opened it, raises
+    :class:`~trajstore.errors.NotOpenError` instead of opening the run again.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: dict[RunLocation, tuple[int, Handle, bool, threading.Lock]] = {}
+        self._open: dict[RunLocation, _Opened] = {}
+        self._closed: set[tuple[int, RunLocation]] = set()
 
     def register(self, location: RunLocation, handle: Handle, *, owned: bool) -> None:
         with self._lock:
-            self._open[location] = (os.getpid(), handle, owned, threading.Lock())
+            self._open[location] = _Opened(os.getpid(), handle, owned)
 
-    def get(self, location: RunLocation) -> tuple[Handle, threading.Lock]:
+    def get(self, location: RunLocation) -> _Opened:
+        pid = os.getpid()
         with self._lock:
-            entry = self._open.get(location)
-            if entry is not None and entry[0] == os.getpid():
-                return entry[1], entry[3]
-            handle = location.open()
-            self._open[location] = (os.getpid(), handle, True, threading.Lock())
-            return handle, self._open[location][3]
+            opened = self._open.get(location)
+            if opened is not None and opened.pid == pid:
+                return opened
+            if (pid, location) in self._closed:
+                raise NotOpenError(f"the dataset of {location.label} was closed")
+            opened = self._open[location] = _Opened(pid, location.open(), owned=True)
+            return opened
 
     def release(self, location: RunLocation) -> None:
         with self._lock:
-            entry = self._open.pop(location, None)
-        if entry is not None and entry[0] == os.getpid() and entry[2]:
-            _close(entry[1])
+            opened = self._open.pop(location, None)
+            self._closed.add((os.getpid(), location))
+        if opened is not None and opened.pid == os.getpid() and opened.owned:
+            _close(opened.handle)
 
 
 def _close(handle: Handle) -> None:
@@ -172,9 +188,10 @@ class LeafArray(BackendArray):
         )
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        handle, lock = _HANDLES.get(self.location)
+        opened = _HANDLES.get(self.location)
+        handle = opened.handle
         if isinstance(handle, RunFileReader):
-            with lock:  # one HDF5 handle: its dataset cache is not for threads
+            with opened.lock:  # one HDF5 handle: its dataset cache is not for threads
                 array = handle.read(self.group, [self.leaf], key, frames=self.frames)[0]
         else:
             source = RemoteLeaves(handle, self.group, self.generation)
