@@ -208,6 +208,30 @@ def test_dask_tasks_read_whole_stored_chunks(tmp_path, monkeypatch):
         np.testing.assert_allclose(ds.pos.mean("frame").values, want.mean(0), rtol=1e-6)
 
 
+def test_a_pickled_remote_reader_carries_no_token_and_reconnects(tmp_path, monkeypatch):
+    guarded = start_store(
+        tmp_path / "data", env={"TRAJSTORE_TOKENS": "write:w-tok-1, read:r-tok-2"}
+    )
+    try:
+        config = md_config(every=1)
+        log_run(
+            lambda s: RemoteStorageWriter(guarded.address, "r", config, s, 4, token="w-tok-1"), 4
+        )
+        with connect(guarded.address, token="r-tok-2") as client, client.open_run("r") as reader:
+            group = reader.focus_group("traj")
+            want = group[:]["pos"]
+            data = pickle.dumps(group)
+        assert b"r-tok-2" not in data
+        monkeypatch.setenv("TRAJSTORE_TOKEN", "r-tok-2")  # the other process's own token
+        copy = pickle.loads(data)
+        np.testing.assert_array_equal(copy[:]["pos"], want)
+        monkeypatch.delenv("TRAJSTORE_TOKEN")
+        with pytest.raises(UnauthenticatedError):
+            pickle.loads(data)[0]
+    finally:
+        assert guarded.stop() == 0
+
+
 def test_graphs_carry_no_token_unless_asked(tmp_path):
     guarded = start_store(
         tmp_path / "data", env={"TRAJSTORE_TOKENS": "write:w-tok-123, read:r-tok-456"}
@@ -275,6 +299,10 @@ def test_dask_on_a_local_cluster_computes_statistics_of_remote_runs(store, tmp_p
                 mean_speed = np.sqrt((ds.vel**2).sum("vel_dim1")).mean(("frame", "vel_dim0"))
                 pos_max = ds.pos.max(("frame", "pos_dim0", "pos_dim1"))
                 got_speed, got_max = dask_client.compute([mean_speed.data, pos_max.data], sync=True)
+            # A remote group reader itself travels too (it reconnects in the worker).
+            with client.open_run(runs[0]) as reader:
+                group = reader.focus_group("traj")
+                sums = dask_client.submit(lambda g: float(g[:]["pos"].sum()), group).result()
             workers = dask_client.run(lambda: __import__("os").getpid())
     assert len(set(workers.values())) == 2  # the work ran in two other processes
     for i, run in enumerate(runs):
@@ -282,6 +310,7 @@ def test_dask_on_a_local_cluster_computes_statistics_of_remote_runs(store, tmp_p
         speed = np.sqrt((want["vel"] ** 2).sum(-1)).mean()
         np.testing.assert_allclose(got_speed[i], speed, rtol=1e-6)
         assert got_max[i] == want["pos"].max()
+    assert sums == pytest.approx(float(expected(local[runs[0]])["pos"].sum()), rel=1e-6)
 
 
 def test_a_copied_format_1_run_in_a_directory_stacks_with_new_ones(tmp_path):

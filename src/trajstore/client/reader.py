@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -448,6 +449,30 @@ class RemoteStorageReader:
         self.tls_ca = tls_ca
         self._calls: _Calls | None = None
         self._spec: RunSpec | None = None
+        self._reopen = False  # a copy from a pickle of an open reader: connect at first use
+        self._reopening = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What another process needs to read the run: never the connection, nor the token.
+
+        A copy of an open reader (in a dask worker, say) connects at its
+        first call, with its own process's ``TRAJSTORE_TOKEN``: a token never
+        travels inside a pickle.
+        """
+        return {
+            "address": self.address,
+            "run": self.run,
+            "timeout": self._timeout,
+            "tls_ca": self.tls_ca,
+            "spec": self._spec,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["address"], state["run"], timeout=state["timeout"], tls_ca=state["tls_ca"]
+        )
+        self._spec = state["spec"]
+        self._reopen = self._spec is not None
 
     def __enter__(self) -> RemoteStorageReader:
         if self._calls is not None:  # already open (``Client.open_run`` opens it)
@@ -470,6 +495,7 @@ class RemoteStorageReader:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._reopen = False
         if self._calls is not None:
             self._calls.close()
             self._calls = None
@@ -477,6 +503,10 @@ class RemoteStorageReader:
     @property
     def calls(self) -> _Calls:
         """The open connection (for the group readers)."""
+        if self._calls is None and self._reopen:
+            with self._reopening:
+                if self._calls is None:
+                    self._calls = _Calls(self.address, self._token, self._timeout, self.tls_ca)
         if self._calls is None:
             raise NotOpenError("the reader is not open; use it as a context manager")
         return self._calls
