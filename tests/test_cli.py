@@ -203,6 +203,7 @@ def test_demo_runs_end_to_end(tmp_path):
     )
     assert "analyst: all runs complete and sane" in result.stdout
     assert "follow demo/lj-0: 150 frames live" in result.stdout
+    assert "xarray: 3 runs x 150 steps of " in result.stdout  # the runs stacked in one Dataset
     assert (tmp_path / "out" / "energy.png").read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (tmp_path / "data" / "demo").iterdir()) == [
         name for i in range(3) for name in (f"lj-{i}.h5", f"lj-{i}.h5.lock")

@@ -1,5 +1,8 @@
 r"""An analyst's session against a store: list runs, follow one live, read slices, plot.
 
+It also stacks every run's energies into one xarray Dataset, where xarray is
+installed (the ``analysis`` extra).
+
     python -m trajstore.examples.analyst --address 127.0.0.1:50051 --prefix demo/ \\
         --follow demo/lj-0 --plot energy.png
 
@@ -74,6 +77,31 @@ def summarise(client: Client, run: str) -> dict[str, float]:
             "inside_box": float(np.all((last >= 0) & (last <= box))),
             "finite": float(np.all(np.isfinite(total)) and np.all(np.isfinite(last))),
         }
+
+
+def across_runs(client: Client, runs: list[str]) -> None:
+    """Every run's energies as one xarray Dataset, stacked along ``run`` (needs xarray)."""
+    try:
+        import xarray as xr
+    except ImportError:
+        print("  xarray: not installed (pip install 'trajstore[analysis]'); skipped")
+        return
+    readers = [client.open_run(run) for run in runs]
+    try:
+        energies = [reader.focus_group("energy").to_xarray() for reader in readers]
+        if len({e.sizes["frame"] for e in energies}) > 1:
+            print("  xarray: the runs differ in length; not stacked")
+            return
+        stacked = xr.concat(energies, dim=xr.Variable("run", runs), combine_attrs="drop_conflicts")
+        mean = stacked.total.mean("frame").values
+        print(
+            f"  xarray: {stacked.sizes['run']} runs x {stacked.sizes['frame']} steps of "
+            f"{', '.join(map(str, stacked.data_vars))}; <E> per run "
+            f"{', '.join(f'{value:+.4f}' for value in mean)}"
+        )
+    finally:
+        for reader in readers:
+            reader.__exit__(None, None, None)
 
 
 def plot(client: Client, runs: list[str], path: Path) -> None:
@@ -160,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"{name}: non-finite values or particles outside the box")
                 if abs(s["drift_per_particle"]) > 1e-2:
                     failures.append(f"{name}: energy drift {s['drift_per_particle']:+.2e}")
+        across_runs(client, names)
         if args.verify and len(names) < args.verify:
             failures.append(f"only {len(names)} of {args.verify} runs")
         if args.plot:
