@@ -13,19 +13,24 @@ import xarray as xr
 
 from trajstore import (
     Compression,
+    EveryNStep,
     HDF5StorageReader,
     HDF5StorageWriter,
     RemoteStorageWriter,
+    WriterGroupConfig,
     connect,
+    view,
 )
 from trajstore.client.reader import RemoteLeaves
 from trajstore.errors import (
     GroupNotFoundError,
+    InvalidArgumentError,
     InvalidRunNameError,
     NotOpenError,
     RunChangedError,
     RunDamagedError,
     RunNotFoundError,
+    SchemaError,
     UnauthenticatedError,
 )
 from trajstore.store.reader import RunFileReader
@@ -268,10 +273,12 @@ def test_open_runs_stacks_runs_of_equal_shape(tmp_path):
             want = expected(tmp_path / "runs" / "proj" / f"r{i}.h5")["pos"]
             np.testing.assert_array_equal(ds.pos.sel(run=f"proj/r{i}").values, want)
     write_local(tmp_path / "runs" / "proj" / "short.h5", steps=10)
-    with pytest.raises(ValueError, match="runs differ in shape"):
+    with pytest.raises(SchemaError, match="runs differ in shape"):
         open_runs(tmp_path / "runs", "proj/", "traj")
-    with pytest.raises(ValueError, match="no run"):
+    with pytest.raises(RunNotFoundError, match="no run"):
         open_runs(tmp_path / "runs", "nothing/", "traj")
+    with pytest.raises(RunNotFoundError, match="no directory"):
+        open_runs(tmp_path / "absent", "", "traj")
 
 
 def test_the_entry_point_is_registered():
@@ -329,8 +336,9 @@ def test_a_damaged_file_is_a_typed_error(tmp_path):
 def test_hostile_urls_and_missing_tokens_are_refused(store, tmp_path):
     with pytest.raises(InvalidRunNameError):
         xr.open_dataset(f"trajstore://{store.address}/../etc/x", engine="trajstore", group="traj")
-    with pytest.raises(ValueError, match="trajstore://host:port/run"):
-        xr.open_dataset("trajstore:///just-a-run", engine="trajstore", group="traj")
+    for url in ("trajstore:///just-a-run", "trajstore://h:1/run?x=1", "trajstore://u@h:1/r"):
+        with pytest.raises(InvalidArgumentError, match="trajstore://host:port/run"):
+            xr.open_dataset(url, engine="trajstore", group="traj")
     guarded = start_store(tmp_path / "g", env={"TRAJSTORE_TOKENS": "read:r-tok-789"})
     try:
         with pytest.raises(UnauthenticatedError):
@@ -361,3 +369,35 @@ def test_a_closed_dataset_is_not_read_again(tmp_path):
     ds.close()
     with pytest.raises(NotOpenError, match="was closed"):
         ds.pos[0].values  # noqa: B018 (the read is the test)
+
+
+def test_variable_and_dimension_names_are_unique_in_the_dataset(tmp_path):
+    """Nested leaves flatten with '.'; what then reads the same is numbered, never dropped."""
+    state = {
+        "a": {"b": np.float32(1), "c": np.zeros(3, np.float32)},
+        "a.b": np.float32(2),
+        "c": np.zeros(5, np.float32),
+    }
+    config = {"g": WriterGroupConfig(view(lambda s: s), EveryNStep(1))}
+    with HDF5StorageWriter(tmp_path / "r.h5", config, state, compile_views=False) as log:
+        log.log(state, 0)
+    with xr.open_dataset(tmp_path / "r.h5", engine="trajstore", group="g") as ds:
+        assert set(ds.data_vars) == {"a.b", "a.c", "a.b_2", "c"}
+        values = {name: ds[name].values[0].tolist() for name in ds.data_vars}
+        assert sorted(map(str, values.values())) == sorted(
+            ["1.0", "2.0", str([0.0] * 3), str([0.0] * 5)]
+        )
+        assert ds["a.c"].dims == ("frame", "a.c_dim0") and ds["c"].dims == ("frame", "c_dim0")
+
+
+def test_a_local_run_overwritten_under_a_dask_graph_is_never_mixed_in(tmp_path):
+    config = md_config(every=1)
+    path = tmp_path / "r.h5"
+    log_run(lambda s: HDF5StorageWriter(path, config, s), 8, seed=0)
+    with xr.open_dataset(path, engine="trajstore", group="traj", chunks={}) as ds:
+        log_run(lambda s: HDF5StorageWriter(path, config, s, mode="overwrite"), 8, seed=1)
+        # threads read through this process's handle: the version opened, whole
+        ds.pos.compute(scheduler="threads")
+        # other processes open the file anew: the new version is refused
+        with pytest.raises(RunChangedError):
+            ds.pos.compute(scheduler="processes")

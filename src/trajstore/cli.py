@@ -307,8 +307,8 @@ def serve(
         max_pending_bytes_per_run=max_pending_bytes,
         max_open_runs=max_open_runs,
     )
-    access = Tokens.load(tokens_file, tokens)
     try:
+        access = Tokens.load(tokens_file, tokens)
         handle = start_server(
             data_dir,
             listen,

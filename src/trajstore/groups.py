@@ -22,7 +22,7 @@ from trajstore.frequency import frequency_to_json
 from trajstore.pytree import describe, leaf_specs, start_host_copies, to_host
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec, check_total_steps, metadata_to_json
 from trajstore.store.layout import MAX_FRAMES
-from trajstore.store.naming import group_names
+from trajstore.store.naming import group_names, group_paths
 
 __all__ = ["Frame", "GroupWriters", "extract_frames", "frames_per_group", "prepare_groups"]
 
@@ -191,7 +191,8 @@ def with_units(
                 f"{len(specs)} leaves: give a mapping from leaf path to units"
             )
         return (dataclasses.replace(specs[0], units=units),)
-    plain = group_names("", [s.path for s in specs], [s.shape for s in specs], 2).datasets
+    path = group_paths([group], 2)[0]
+    plain = group_names(path, [s.path for s in specs], [s.shape for s in specs], 2).datasets
     by_key = {
         key: i
         for i, (spec, name) in enumerate(zip(specs, plain, strict=True))

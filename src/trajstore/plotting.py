@@ -13,21 +13,14 @@ import numpy as np
 from trajstore.errors import FieldNotFoundError, SchemaError
 from trajstore.schema import GroupSpec
 from trajstore.store.layout import step_interval
-from trajstore.store.naming import group_names, group_paths
+from trajstore.store.naming import group_paths, leaf_names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from trajstore.reading import GroupReader
 
-__all__ = ["leaf_names", "pick_field", "plot_field"]
-
-
-def leaf_names(spec: GroupSpec) -> tuple[str, ...]:
-    """Each leaf's plain name (its dataset path within the group: ``pos``, ``a/b``)."""
-    path = group_paths([spec.name], 2)[0]
-    paths = [leaf.path for leaf in spec.leaves]
-    return group_names(path, paths, [leaf.shape for leaf in spec.leaves], 2).datasets
+__all__ = ["pick_field", "plot_field"]
 
 
 def pick_field(spec: GroupSpec, field: str | None) -> int:

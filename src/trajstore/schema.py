@@ -231,10 +231,9 @@ class LeafSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LeafSpec:
         """Inverse of :meth:`to_json`."""
-        units = data.get("units", "")
-        if not isinstance(units, str):
-            raise SchemaError(f"leaf {data['path']}: units must be a string")
-        return cls(str(data["path"]), str(data["dtype"]), tuple(data["shape"]), units)
+        return cls(
+            str(data["path"]), str(data["dtype"]), tuple(data["shape"]), data.get("units", "")
+        )
 
 
 @dataclass(frozen=True)

@@ -30,130 +30,47 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
-import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from trajstore.client.reader import Client, RemoteLeaves, RemoteStorageReader
-from trajstore.errors import GroupNotFoundError, NotOpenError
+from trajstore.client.reader import Client, RemoteLeaves
+from trajstore.errors import (
+    GroupNotFoundError,
+    InvalidArgumentError,
+    RunChangedError,
+    RunNotFoundError,
+    SchemaError,
+)
 from trajstore.local import FileLeaves
+from trajstore.locations import (
+    SCHEME,
+    Handle,
+    RunLocation,
+    close_handle,
+    handle_of,
+    register,
+    release,
+)
 from trajstore.reading import GroupReader, group_position
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store import layout
 from trajstore.store.naming import FRAME_DIM, STEP_VARIABLE, group_names, group_paths
 from trajstore.store.reader import RunFileReader
 
-__all__ = ["RunLocation", "TrajstoreBackendEntrypoint", "group_dataset", "open_runs"]
-
-#: The URL scheme of runs on a store: ``trajstore://host:port/run/name``.
-SCHEME = "trajstore"
-
-Handle = RunFileReader | RemoteStorageReader
-
-
-@dataclass(frozen=True)
-class RunLocation:
-    """Where a run is, as plain data that pickles into a dask graph.
-
-    Attributes:
-        path: A local run file; or
-        address: the store (``host:port``, a comma list, a ``dns:///`` name)
-            and ``run`` the run's name there.
-        tls_ca: CA certificate (PEM) for TLS to the store.
-        token: Only where the caller asked to put it into the graph;
-            otherwise a process that opens the run uses ``TRAJSTORE_TOKEN``.
-        opening: Tells apart two openings of one run (each has its own
-            handle in the process that opened it).
-    """
-
-    path: str | None = None
-    address: str | None = None
-    run: str | None = None
-    tls_ca: str | None = None
-    token: str | None = field(default=None, repr=False)
-    opening: str = field(default_factory=lambda: secrets.token_hex(8))
-
-    @property
-    def label(self) -> str:
-        """How users name the run: its path, or ``trajstore://address/run``."""
-        return self.path if self.path is not None else f"{SCHEME}://{self.address}/{self.run}"
-
-    def open(self) -> Handle:
-        """Open the run (in the process that reads it)."""
-        if self.path is not None:
-            return RunFileReader(self.path)
-        if self.address is None or self.run is None:
-            raise ValueError("a RunLocation needs a path, or an address and a run")
-        return RemoteStorageReader(
-            self.address, self.run, token=self.token, tls_ca=self.tls_ca
-        ).__enter__()
-
-
-@dataclass
-class _Opened:
-    """A handle open in one process, and whether closing the dataset closes it."""
-
-    pid: int
-    handle: Handle
-    owned: bool
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _Handles:
-    """The open handle of each :class:`RunLocation` in this process.
-
-    The process that opened a dataset registers its handle; another process
-    (a dask worker: the location arrived pickled) opens its own on first
-    use. A forked child never uses its parent's handles. Reading a dataset
-    after closing it, in the process that opened it, raises
-    :class:`~trajstore.errors.NotOpenError` instead of opening the run again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[RunLocation, _Opened] = {}
-        self._closed: set[tuple[int, RunLocation]] = set()
-
-    def register(self, location: RunLocation, handle: Handle, *, owned: bool) -> None:
-        with self._lock:
-            self._open[location] = _Opened(os.getpid(), handle, owned)
-
-    def get(self, location: RunLocation) -> _Opened:
-        pid = os.getpid()
-        with self._lock:
-            opened = self._open.get(location)
-            if opened is not None and opened.pid == pid:
-                return opened
-            if (pid, location) in self._closed:
-                raise NotOpenError(f"the dataset of {location.label} was closed")
-            opened = self._open[location] = _Opened(pid, location.open(), owned=True)
-            return opened
-
-    def release(self, location: RunLocation) -> None:
-        with self._lock:
-            opened = self._open.pop(location, None)
-            self._closed.add((os.getpid(), location))
-        if opened is not None and opened.pid == os.getpid() and opened.owned:
-            _close(opened.handle)
-
-
-def _close(handle: Handle) -> None:
-    if isinstance(handle, RunFileReader):
-        handle.close()
-    else:
-        handle.__exit__(None, None, None)
-
-
-_HANDLES = _Handles()
+__all__ = [
+    "TASK_BYTES",
+    "LeafArray",
+    "TrajstoreBackendEntrypoint",
+    "group_dataset",
+    "open_group",
+    "open_runs",
+]
 
 
 class LeafArray(BackendArray):
@@ -188,23 +105,64 @@ class LeafArray(BackendArray):
         )
 
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
-        opened = _HANDLES.get(self.location)
+        opened = handle_of(self.location)
         handle = opened.handle
         if isinstance(handle, RunFileReader):
             with opened.lock:  # one HDF5 handle: its dataset cache is not for threads
+                self._check_generation(handle)
                 array = handle.read(self.group, [self.leaf], key, frames=self.frames)[0]
         else:
             source = RemoteLeaves(handle, self.group, self.generation)
             array = source.read([self.leaf], key)[0]
         return np.asarray(array)
 
+    def _check_generation(self, handle: RunFileReader) -> None:
+        """Refuse a local run that is another version than the dataset's (a worker's handle).
+
+        The store pins reads to a generation itself; a file opened anew by
+        a worker after the run was overwritten or rewound must not be read.
+        """
+        now = handle.generation()
+        if self.generation and now != self.generation:
+            raise RunChangedError(
+                f"{self.location.label} changed since the dataset was opened; open it again",
+                old_generation=self.generation,
+                new_generation=now,
+            )
+
 
 def _variable_names(path: str, spec: GroupSpec) -> tuple[list[str], list[tuple[str, ...]]]:
-    """Each leaf's variable name and leaf-axis dimensions (format 2's names, ``/`` -> ``.``)."""
+    """Each leaf's variable name and leaf-axis dimensions, unique in one flat namespace.
+
+    The file's names (format 2) with ``/`` as ``.`` (a nested leaf ``a/b``
+    is ``a.b``, its axes ``a.b_dim0``); where that makes a name twice, the
+    later one is numbered.
+    """
     names = group_names(
         path, [leaf.path for leaf in spec.leaves], [leaf.shape for leaf in spec.leaves], 2
     )
-    return [d.replace("/", ".") for d in names.datasets], list(names.dims)
+    taken = {FRAME_DIM, STEP_VARIABLE}
+    variables: list[str] = []
+    dims: list[tuple[str, ...]] = []
+    for dataset, leaf_dims in zip(names.datasets, names.dims, strict=True):
+        variable = _unique(dataset.replace("/", "."), taken)
+        nested = "/" in dataset
+        variables.append(variable)
+        dims.append(
+            tuple(
+                _unique(f"{variable}_dim{axis}" if nested else dim, taken)
+                for axis, dim in enumerate(leaf_dims)
+            )
+        )
+    return variables, dims
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _attrs(run: RunSpec, spec: GroupSpec, label: str) -> dict[str, Any]:
@@ -315,10 +273,10 @@ def _open(
         dataset = _dataset(location, handle.spec, position, frames, generation, **kw)
     except BaseException:
         if owned:
-            _close(handle)
+            close_handle(handle)
         raise
-    _HANDLES.register(location, handle, owned=owned)
-    dataset.set_close(lambda: _HANDLES.release(location))
+    register(location, handle, owned=owned)
+    dataset.set_close(lambda: release(location))
     return dataset
 
 
@@ -327,33 +285,22 @@ def group_dataset(reader: GroupReader[Any]) -> xr.Dataset:
 
     Reads go through the reader's own open run (keep it open while using
     the dataset); dask workers in other processes open the run themselves.
+
+    Raises:
+        InvalidArgumentError: The reader reads neither a local file nor a store.
     """
     source = reader.source
     if isinstance(source, FileLeaves):
-        location = RunLocation(path=str(source.file.path))
+        location = RunLocation(path=os.path.abspath(source.file.path))
         return _open(location, source.file, reader.name, owned=False)
     if isinstance(source, RemoteLeaves):
         remote = source.reader
         tls_ca = None if remote.tls_ca is None else os.fspath(remote.tls_ca)
         location = RunLocation(address=remote.address, run=remote.run, tls_ca=tls_ca)
         return _open(location, remote, reader.name, owned=False)
-    raise TypeError(f"to_xarray() reads local and remote groups, not {type(source).__name__}")
-
-
-def _location_of(target: str | os.PathLike[str], tls_ca: Any, token: str | None) -> RunLocation:
-    text = os.fspath(target)
-    if text.startswith(f"{SCHEME}://"):
-        parts = urlsplit(text)
-        run = parts.path.lstrip("/")
-        if not parts.netloc or not run:
-            raise ValueError(f"{text!r}: expected {SCHEME}://host:port/run/name")
-        return RunLocation(
-            address=parts.netloc,
-            run=run,
-            tls_ca=None if tls_ca is None else os.fspath(tls_ca),
-            token=token,
-        )
-    return RunLocation(path=text)
+    raise InvalidArgumentError(
+        f"to_xarray() reads local and remote groups, not {type(source).__name__}"
+    )
 
 
 def open_group(
@@ -365,19 +312,19 @@ def open_group(
     embed_token: bool = False,
     drop_variables: Iterable[str] = (),
 ) -> xr.Dataset:
-    """Open ``group`` of a run file or ``trajstore://`` run (what ``engine="trajstore"`` does)."""
-    location = _location_of(target, tls_ca, token if embed_token else None)
-    handle = location.open() if token is None or embed_token else _open_with(location, token)
+    """Open ``group`` of a run file or ``trajstore://`` run (what ``engine="trajstore"`` does).
+
+    Args:
+        target: A run file's path, or ``trajstore://host:port/run/name``.
+        group: The group's path (``"traj"``) or name; ``None`` for a run of one group.
+        token: For a store: the bearer token (default: ``TRAJSTORE_TOKEN``).
+        tls_ca: For a store: CA certificate (PEM) for TLS.
+        embed_token: Put ``token`` into dask graphs (see the module docstring).
+        drop_variables: Leaves to leave out, by variable name.
+    """
+    location = RunLocation.parse(target, tls_ca=tls_ca, token=token if embed_token else None)
+    handle = location.open(token)
     return _open(location, handle, group, owned=True, drop_variables=drop_variables)
-
-
-def _open_with(location: RunLocation, token: str) -> Handle:
-    """Open ``location`` with a token that stays out of it (and so out of pickled graphs)."""
-    if location.address is None or location.run is None:
-        return location.open()
-    return RemoteStorageReader(
-        location.address, location.run, token=token, tls_ca=location.tls_ca
-    ).__enter__()
 
 
 class TrajstoreBackendEntrypoint(BackendEntrypoint):
@@ -437,15 +384,18 @@ def open_runs(
             without ``.h5``), or a store's address.
         prefix: Only runs whose name starts with it.
         group: The group to read (every run must have it, with equal shapes).
-        chunks: As for :func:`xarray.open_dataset` (``{}``: the stored chunks).
+        chunks: As for :func:`xarray.open_dataset` (``{}``: whole stored chunks).
         token: For a store: the bearer token (default: ``TRAJSTORE_TOKEN``).
         tls_ca: For a store: CA certificate (PEM) for TLS.
         embed_token: Put ``token`` into dask graphs (see the module docstring).
 
     Raises:
-        ValueError: No run matched, or the runs' groups differ in shape.
+        RunNotFoundError: No run matched (or ``source`` looks like a path but
+            is no directory).
+        SchemaError: The runs' groups differ in shape.
     """
-    directory = Path(source)
+    text = os.fspath(source)
+    directory = Path(text)
     targets: list[str] = []
     runs: list[str] = []
     if directory.is_dir():
@@ -454,30 +404,38 @@ def open_runs(
             if name.startswith(prefix):
                 runs.append(name)
                 targets.append(str(path))
+    elif os.sep in text or text.startswith("."):
+        raise RunNotFoundError(f"no directory {text}")
     else:
-        with Client(os.fspath(source), token=token, tls_ca=tls_ca) as client:
+        with Client(text, token=token, tls_ca=tls_ca) as client:
             runs = [info.name for info in client.list_runs(prefix)]
-        targets = [f"{SCHEME}://{os.fspath(source)}/{run}" for run in runs]
+        targets = [f"{SCHEME}://{text}/{run}" for run in runs]
     if not runs:
-        raise ValueError(f"no run in {os.fspath(source)} starts with {prefix!r}")
-    datasets = [
-        xr.open_dataset(
-            target,
-            engine=TrajstoreBackendEntrypoint,
-            group=group,
-            chunks=chunks,
-            token=token,
-            tls_ca=tls_ca,
-            embed_token=embed_token,
+        raise RunNotFoundError(f"no run in {text} starts with {prefix!r}")
+    datasets: list[xr.Dataset] = []
+    try:
+        for target in targets:
+            datasets.append(
+                xr.open_dataset(
+                    target,
+                    engine=TrajstoreBackendEntrypoint,
+                    group=group,
+                    chunks=chunks,
+                    token=token,
+                    tls_ca=tls_ca,
+                    embed_token=embed_token,
+                )
+            )
+        _check_equal_shapes(runs, datasets)
+        combined = xr.concat(
+            datasets,
+            dim=xr.Variable("run", np.array(runs, dtype=object)),
+            combine_attrs="drop_conflicts",
         )
-        for target in targets
-    ]
-    _check_equal_shapes(runs, datasets)
-    combined = xr.concat(
-        datasets,
-        dim=xr.Variable("run", np.array(runs, dtype=object)),
-        combine_attrs="drop_conflicts",
-    )
+    except BaseException:
+        for dataset in datasets:
+            dataset.close()
+        raise
 
     def close() -> None:
         for dataset in datasets:
@@ -491,9 +449,7 @@ def _check_equal_shapes(runs: Sequence[str], datasets: Sequence[xr.Dataset]) -> 
     first = dict(datasets[0].sizes)
     for run, dataset in zip(runs, datasets, strict=True):
         if dict(dataset.sizes) != first:
-            for d in datasets:
-                d.close()
-            raise ValueError(
+            raise SchemaError(
                 f"runs differ in shape: {runs[0]} has {first}, {run} has {dict(dataset.sizes)}; "
                 f"open them one by one (or select frames) to combine them"
             )

@@ -25,10 +25,10 @@ a leaf called ``step``) gets ``_2``, ``_3``, ... in order of the leaves.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from trajstore.schema import RunSpec
+from trajstore.schema import GroupSpec, RunSpec
 
 __all__ = [
     "FRAME_DIM",
@@ -38,6 +38,7 @@ __all__ = [
     "group_names",
     "group_paths",
     "key_segments",
+    "leaf_names",
     "run_names",
 ]
 
@@ -53,14 +54,24 @@ GROUP_PREFIX = "group"
 _TOKEN = re.compile(
     r"""\[(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|(-?\d+)|([^\]]*))\]|\.([^.\[]+)"""
 )
-_ESCAPES = re.compile(r"\\(.)")
+# The escapes ``repr`` writes into a string literal.
+_ESCAPES = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) > 1:  # \xNN, \uNNNN, \UNNNNNNNN
+        return chr(int(code[1:], 16))
+    return _SIMPLE_ESCAPES.get(code, "\\" + code)
 
 
 def key_segments(keystr: str) -> list[str]:
-    """The keys of a ``jax.tree_util.keystr`` path as plain strings.
+    r"""The keys of a ``jax.tree_util.keystr`` path as plain strings.
 
-    ``"['a'][0].pos"`` -> ``["a", "0", "pos"]``. Text that is not a keystr
-    is one segment as it stands.
+    ``"['a'][0].pos"`` -> ``["a", "0", "pos"]``; a quoted key is read back
+    as the string ``repr`` wrote (``'a\n'``: ``a`` and a newline). Text
+    that is not a keystr is one segment as it stands.
     """
     segments: list[str] = []
     position = 0
@@ -71,7 +82,7 @@ def key_segments(keystr: str) -> list[str]:
         single, double, number, other, field = match.groups()
         quoted = single if single is not None else double
         if quoted is not None:
-            segments.append(_ESCAPES.sub(r"\1", quoted))
+            segments.append(_ESCAPES.sub(_unescape, quoted))
         else:
             segments.append(next(s for s in (number, other, field) if s is not None))
         position = match.end()
@@ -86,26 +97,51 @@ def _plain(segment: str) -> str:
     return segment
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, number = name, 2
-    while candidate in taken:
-        candidate, number = f"{name}_{number}", number + 1
-    taken.add(candidate)
-    return candidate
+class _Namespace:
+    """Plain names handed out in a tree of HDF5 groups: each name once per group.
+
+    A key reached again on the way to another object (the subgroup ``a`` of
+    leaves ``a/b`` and ``a/c``) gets the name it got the first time; any
+    other object whose plain name is taken in its group (a reserved name,
+    two keys that read the same, a leaf and a subgroup) gets ``_2``,
+    ``_3``, ...
+    """
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._taken: dict[str, set[str]] = {"": set(reserved)}
+        self._subgroups: dict[tuple[str, str], str] = {}
+
+    def name(self, parent: str, key: str) -> str:
+        """A fresh name in ``parent`` for an object (a dataset, a dimension) of ``key``."""
+        taken = self._taken.setdefault(parent, set())
+        base = _plain(key)
+        candidate, number = base, 2
+        while candidate in taken:
+            candidate, number = f"{base}_{number}", number + 1
+        taken.add(candidate)
+        return candidate
+
+    def path(self, keys: Sequence[str]) -> tuple[str, str]:
+        """The parent (made of subgroups, shared) and the fresh name of the object at ``keys``."""
+        parent = ""
+        for key in keys[:-1]:
+            subgroup = self._subgroups.get((parent, key))
+            if subgroup is None:
+                subgroup = self._subgroups[(parent, key)] = self.name(parent, key)
+            parent = f"{parent}/{subgroup}" if parent else subgroup
+        return parent, self.name(parent, keys[-1])
 
 
 def group_paths(names: Sequence[str], version: int) -> list[str]:
     """HDF5 paths (relative to the root) of the groups called ``names`` in a file of ``version``."""
     if version < 2:
         return list(names)
-    taken: dict[str, set[str]] = {}
+    space = _Namespace()
     paths = []
     for name in names:
         keys = name[len(GROUP_PREFIX) :] if name.startswith(GROUP_PREFIX) else name
-        segments = [_plain(s) for s in key_segments(keys)] or [SINGLE_GROUP]
-        parent = "/".join(segments[:-1])
-        last = _unique(segments[-1], taken.setdefault(parent, set()))
-        paths.append("/".join([*segments[:-1], last]))
+        parent, last = space.path(key_segments(keys) or [SINGLE_GROUP])
+        paths.append(f"{parent}/{last}" if parent else last)
     return paths
 
 
@@ -138,28 +174,17 @@ def group_names(
 ) -> GroupNames:
     """The names of a group at ``path`` whose leaves have keystr paths ``leaf_paths``."""
     if version < 2:
-        return GroupNames(
-            path, tuple("array" + p for p in leaf_paths), ((),) * len(leaf_paths), False
-        )
-    own = path.rpartition("/")[2]
-    taken: dict[str, set[str]] = {"": {FRAME_DIM, STEP_VARIABLE}}
-    located: list[tuple[str, str]] = []
-    for leaf_path in leaf_paths:
-        segments = [_plain(s) for s in key_segments(leaf_path)] or [own]
-        parent = "/".join(segments[:-1])
-        for depth in range(len(segments) - 1):  # the subgroups on the way are taken names too
-            taken.setdefault("/".join(segments[:depth]), set()).add(segments[depth])
-        located.append((parent, _unique(segments[-1], taken.setdefault(parent, set()))))
-    dims = []
-    for (parent, name), shape in zip(located, shapes, strict=True):
-        dims.append(
-            tuple(
-                _unique(f"{name}_dim{i}", taken.setdefault(parent, set()))
-                for i in range(len(shape))
-            )
-        )
+        datasets = tuple("array" + p for p in leaf_paths)
+        return GroupNames(path, datasets, ((),) * len(leaf_paths), False)
+    own = [path.rpartition("/")[2]]  # a leaf that is the whole value: named after its group
+    space = _Namespace(reserved=(FRAME_DIM, STEP_VARIABLE))
+    located = [space.path(key_segments(leaf_path) or own) for leaf_path in leaf_paths]
+    dims = tuple(
+        tuple(space.name(parent, f"{name}_dim{axis}") for axis in range(len(shape)))
+        for (parent, name), shape in zip(located, shapes, strict=True)
+    )
     datasets = tuple(f"{parent}/{name}" if parent else name for parent, name in located)
-    return GroupNames(path, datasets, tuple(dims), True)
+    return GroupNames(path, datasets, dims, True)
 
 
 def run_names(spec: RunSpec, version: int) -> list[GroupNames]:
@@ -170,3 +195,16 @@ def run_names(spec: RunSpec, version: int) -> list[GroupNames]:
         )
         for g, path in zip(spec.groups, group_paths(spec.group_names, version), strict=True)
     ]
+
+
+def leaf_names(spec: GroupSpec, path: str | None = None) -> tuple[str, ...]:
+    """Each leaf's dataset in format 2, relative to its group (``pos``, ``a/b``).
+
+    Args:
+        spec: The group.
+        path: The group's path in its run (default: the path it has alone).
+    """
+    where = group_paths([spec.name], 2)[0] if path is None else path
+    return group_names(
+        where, [leaf.path for leaf in spec.leaves], [leaf.shape for leaf in spec.leaves], 2
+    ).datasets
