@@ -73,6 +73,14 @@ class _Block:
 
 
 @dataclass
+class _Frames:
+    """The frames of one step, ``(group, index, leaves)`` each, leaves without a time axis."""
+
+    frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]
+    nbytes: int
+
+
+@dataclass
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -97,6 +105,8 @@ class _Buffer:
     count: int = 0
     blocks: list[Sequence[np.ndarray]] = field(default_factory=list)
     nbytes: int = 0
+    #: Whether ``blocks`` are single frames (leaves without a time axis).
+    frames: bool = False
 
     @property
     def stop(self) -> int:
@@ -145,8 +155,9 @@ class BackgroundWriter:
         self._on_flush = on_flush
         self._on_error = on_error
         self._batch = [layout.batch_frames(g) for g in file.spec.groups]
+        self._frame_nbytes = [g.frame_nbytes for g in file.spec.groups]
         self._buffers = [_Buffer() for _ in file.spec.groups]
-        self._queue: deque[_Block | _Flush | None] = deque()
+        self._queue: deque[_Block | _Frames | _Flush | None] = deque()
         self._queued_bytes = 0  # in the queue, submitted since the thread last took it
         self._queued_at = 0.0  # when the queue last went from empty to not
         self._polling = False  # the thread looks for frames every FRAME_POLL_SECONDS
@@ -195,20 +206,16 @@ class BackgroundWriter:
         One lock round trip for them all; they wait for room together (a step
         larger than the bound still goes through alone).
         """
-        # Tuples of arrays: the garbage collector stops tracking them at its first
-        # pass, so thousands of buffered frames do not make its full passes --
-        # which walk every object of the process -- more frequent (item 24).
-        blocks = [
-            _Block(
-                group,
-                index,
-                1,
-                tuple([leaf[np.newaxis] for leaf in leaves]),
-                sum([leaf.nbytes for leaf in leaves]),
-            )
-            for group, index, leaves in frames
-        ]
-        self._put(*blocks, lazy=True)
+        # One item for the step; its frames keep their tuples of arrays, which the
+        # garbage collector stops tracking at its first pass, so thousands of
+        # buffered frames do not make its full passes -- which walk every object
+        # of the process -- more frequent (item 24). Sizes come from the schema.
+        sizes = self._frame_nbytes
+        try:
+            nbytes = sum([sizes[group] for group, _, _ in frames])
+        except IndexError:
+            nbytes = 0  # a group the file lacks: the write reports it
+        self._put(_Frames(frames, nbytes), lazy=True)
 
     def submit_block(
         self,
@@ -265,9 +272,9 @@ class BackgroundWriter:
             raise error
         raise WriterFailedError(f"background writer failed: {error!r}") from error
 
-    def _put(self, *items: _Block | _Flush, lazy: bool = False) -> None:
+    def _put(self, *items: _Block | _Frames | _Flush, lazy: bool = False) -> None:
         """Queue ``items``; with ``lazy``, wake the writing thread only if it does not poll."""
-        nbytes = sum([item.nbytes for item in items if isinstance(item, _Block)])
+        nbytes = sum([item.nbytes for item in items if not isinstance(item, _Flush)])
         with self._cond:
             self.raise_if_failed()
             if self._closed:
@@ -348,7 +355,7 @@ class BackgroundWriter:
                 self._queue.clear()
                 self._queued_bytes = 0
                 # Frames keep coming: look for the next ones rather than be woken.
-                self._polling = any(isinstance(item, _Block) for item in items)
+                self._polling = any(isinstance(item, _Block | _Frames) for item in items)
                 if self._polling and self._unflushed_since is None:
                     self._unflushed_since = self._queued_at  # flush_interval counts from then
             self._guarded(self._advance_flush)
@@ -485,7 +492,7 @@ class BackgroundWriter:
             return None
         return max(0.0, self._unflushed_since + self.flush_interval - time.monotonic())
 
-    def _process(self, item: _Block | _Flush) -> None:
+    def _process(self, item: _Block | _Frames | _Flush) -> None:
         if isinstance(item, _Flush):
             self._write_all()
             self._flush_now()
@@ -493,26 +500,58 @@ class BackgroundWriter:
         if self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
         self._unflushed_bytes += item.nbytes
+        if isinstance(item, _Frames):
+            for group, index, leaves in item.frames:
+                self._add_frame(group, index, leaves)
+            return
         if item.tag is not None:
             self._last_tag = item.tag
-        batch = self._batch[item.group]
-        buffer = self._buffers[item.group]
         if self._written_alone(item):
             self._write_buffer(item.group)
             self._write(item.group, item.start, item.count, item.leaves, item.nbytes, item.prepared)
             return
-        # Small blocks (single frames, or a client's short blocks) are merged
-        # so that chunks are written whole, once, rather than at every block.
-        if buffer.blocks and item.start != buffer.stop:
-            self._write_buffer(item.group)
-            buffer = self._buffers[item.group]
+        # Small blocks (a client's short blocks) are merged so that chunks are
+        # written whole, once, rather than at every block.
+        self._append(item.group, item.start, item.count, item.leaves, item.nbytes, frames=False)
+
+    def _add_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
+        """Buffer one frame of a step, or write it at once where frames are written alone."""
+        if not 0 <= group < len(self._batch):  # a group the file lacks: the write reports it
+            self._write(group, index, 1, [leaf[np.newaxis] for leaf in leaves], 0)
+            return
+        nbytes = self._frame_nbytes[group]
+        if self._batch[group] <= 1 or not self.file.spec.groups[group].time_axis:
+            self._write_buffer(group)
+            self._write(group, index, 1, [leaf[np.newaxis] for leaf in leaves], nbytes)
+            return
+        # A tuple of arrays, which the garbage collector stops tracking (see submit_frames).
+        held = leaves if type(leaves) is tuple else tuple(leaves)
+        self._append(group, index, 1, held, nbytes, frames=True)
+
+    def _append(
+        self,
+        group: int,
+        start: int,
+        count: int,
+        leaves: Sequence[np.ndarray],
+        nbytes: int,
+        *,
+        frames: bool,
+    ) -> None:
+        """Add a block (or a single frame) to ``group``'s buffer; write it once a batch is full."""
+        buffer = self._buffers[group]
+        if buffer.blocks and (start != buffer.stop or buffer.frames != frames):
+            self._write_buffer(group)
+            buffer = self._buffers[group]
         if not buffer.blocks:
-            buffer.start = item.start
-        buffer.blocks.append(item.leaves)
-        buffer.count += item.count
-        buffer.nbytes += item.nbytes
+            buffer.start = start
+            buffer.frames = frames
+        buffer.blocks.append(leaves)
+        buffer.count += count
+        buffer.nbytes += nbytes
+        batch = self._batch[group]
         if buffer.count >= batch or buffer.start // batch != buffer.stop // batch:
-            self._write_buffer(item.group)
+            self._write_buffer(group)
 
     def _written_alone(self, block: _Block) -> bool:
         """Whether ``block`` is written as it is, rather than merged with its neighbours."""
@@ -525,7 +564,9 @@ class BackgroundWriter:
         buffer = self._buffers[group]
         if not buffer.blocks:
             return
-        if len(buffer.blocks) == 1:
+        if buffer.frames:
+            leaves = [np.stack(column) for column in zip(*buffer.blocks, strict=True)]
+        elif len(buffer.blocks) == 1:
             leaves = list(buffer.blocks[0])
         else:
             leaves = [np.concatenate(column) for column in zip(*buffer.blocks, strict=True)]
