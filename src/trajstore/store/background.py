@@ -232,7 +232,7 @@ class BackgroundWriter:
         block is durable.
         """
         block = _Block(group, start, count, leaves, sum(a.nbytes for a in leaves), tag)
-        if self._written_alone(block) and self._error is None and not self._closed:
+        if self._written_alone(group, count) and self._error is None and not self._closed:
             block.prepared = self.file.prepare_block(group, start, count, leaves)
         self._put(block)
 
@@ -506,7 +506,7 @@ class BackgroundWriter:
             return
         if item.tag is not None:
             self._last_tag = item.tag
-        if self._written_alone(item):
+        if self._written_alone(item.group, item.count):
             self._write_buffer(item.group)
             self._write(item.group, item.start, item.count, item.leaves, item.nbytes, item.prepared)
             return
@@ -516,11 +516,8 @@ class BackgroundWriter:
 
     def _add_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
         """Buffer one frame of a step, or write it at once where frames are written alone."""
-        if not 0 <= group < len(self._batch):  # a group the file lacks: the write reports it
-            self._write(group, index, 1, [leaf[np.newaxis] for leaf in leaves], 0)
-            return
-        nbytes = self._frame_nbytes[group]
-        if self._batch[group] <= 1 or not self.file.spec.groups[group].time_axis:
+        nbytes = self._frame_nbytes[group]  # a group the file lacks fails here, as a block's does
+        if self._written_alone(group, 1):
             self._write_buffer(group)
             self._write(group, index, 1, [leaf[np.newaxis] for leaf in leaves], nbytes)
             return
@@ -553,12 +550,12 @@ class BackgroundWriter:
         if buffer.count >= batch or buffer.start // batch != buffer.stop // batch:
             self._write_buffer(group)
 
-    def _written_alone(self, block: _Block) -> bool:
-        """Whether ``block`` is written as it is, rather than merged with its neighbours."""
+    def _written_alone(self, group: int, count: int) -> bool:
+        """Whether ``count`` frames of ``group`` are written as they are, not merged with others."""
         groups = self.file.spec.groups
-        if not 0 <= block.group < len(groups):
+        if not 0 <= group < len(groups):
             return False  # the write reports it
-        return block.count >= self._batch[block.group] or not groups[block.group].time_axis
+        return count >= self._batch[group] or not groups[group].time_axis
 
     def _write_buffer(self, group: int) -> None:
         buffer = self._buffers[group]
