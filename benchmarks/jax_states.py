@@ -1,9 +1,11 @@
 """Workloads that look like simulations: JAX device arrays in a registered dataclass.
 
 Run as a worker: ``python -m benchmarks.jax_states WRITER WORKLOAD TARGET [--scale S]``
-prints one JSON line. ``WRITER`` is ``local``, ``remote`` (trajstore) or
+prints one JSON line. ``WRITER`` is ``local``, ``remote`` (trajstore),
 ``seed`` (``kups.core.storage`` 1.0.8, the API trajstore mirrors; run with
-the interpreter of a venv that has ``kups``, see :func:`seed_python`).
+the interpreter of a venv that has ``kups``, see :func:`seed_python`) or
+``floor`` (:class:`FloorWriter`: the least a ``log()`` can do; ``TARGET``
+is ignored).
 Views are compiled (``compile_views`` left on), as a kUPS user leaves them.
 
 - ``scalars_groups``: three float32 scalars, one group each, every step;
@@ -18,6 +20,7 @@ prebuilt ones, reused. Compression is off.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -103,6 +106,57 @@ def config(workload: str, api: Any) -> dict[str, Any]:
     }
 
 
+#: Per workload, each group's state leaves (positions in the flattened
+#: state) and logging interval: what the views select, for :class:`FloorWriter`.
+FLOOR_PICKS: dict[str, list[tuple[tuple[int, ...], int]]] = {
+    "scalars_groups": [((0,), 1), ((1,), 1), ((2,), 1)],
+    "scalars_one": [((0, 1, 2), 1)],
+    "md": [((0,), 10), ((2,), 1)],
+}
+
+
+class FloorWriter:
+    """The least any writer must do in ``log()``; writes nothing.
+
+    Flattens the state, copies the leaves the workload's views select to the
+    host, checks their shapes and dtypes against the first state's, and
+    appends the frames to a list: no step checks, no views run, no locks,
+    no background thread. Its ``log()`` time is the floor a real writer's is
+    measured against (``make bench`` prints it beside the writers).
+    """
+
+    def __init__(self, workload: str, initial_state: Any) -> None:
+        import jax
+
+        self._picks = FLOOR_PICKS[workload]
+        leaves, self._treedef = jax.tree_util.tree_flatten(initial_state)
+        self._avals = [
+            [(leaves[i].shape, np.dtype(leaves[i].dtype)) for i in picks]
+            for picks, _ in self._picks
+        ]
+        self._flatten = jax.tree_util.tree_flatten
+        self.frames: list[Any] = []
+
+    def __enter__(self) -> FloorWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.frames.clear()
+
+    def log(self, state: Any, step: int) -> None:
+        """Take the frames due at ``step`` (see the class docstring)."""
+        leaves, treedef = self._flatten(state)
+        if treedef != self._treedef:
+            raise ValueError("another structure")
+        for (picks, every), avals in zip(self._picks, self._avals, strict=True):
+            if step % every:
+                continue
+            hosts = [np.array(leaves[i]) for i in picks]
+            if [(host.shape, host.dtype) for host in hosts] != avals:
+                raise ValueError("another shape or dtype")
+            self.frames.append((step // every, tuple(hosts)))
+
+
 def groups_per_step(workload: str) -> float:
     """Groups logged per step on average."""
     return {"scalars_groups": 3.0, "scalars_one": 1.0, "md": 1.1}[workload]
@@ -135,7 +189,13 @@ def run(
     """
     steps = steps_of(workload, scale)
     prebuilt = states(workload, steps)
-    if writer_kind == "seed":
+    # The prebuilt states stand in for states a simulation makes and drops
+    # step by step; collected now, they are old objects, and their promotion
+    # does not trigger a full collection inside the timed loop (every writer).
+    gc.collect()
+    if writer_kind == "floor":
+        writer: Any = FloorWriter(workload, prebuilt[0])
+    elif writer_kind == "seed":
         from kups.core import lens, storage
 
         class _Api:  # kUPS keeps view in kups.core.lens
@@ -143,7 +203,7 @@ def run(
             EveryNStep = storage.EveryNStep
             view = staticmethod(lens.view)
 
-        writer: Any = storage.HDF5StorageWriter(target, config(workload, _Api), prebuilt[0], steps)
+        writer = storage.HDF5StorageWriter(target, config(workload, _Api), prebuilt[0], steps)
     else:
         import trajstore
 
@@ -246,7 +306,7 @@ def seed_python(cache: Path, *, create: bool = True) -> tuple[str | None, str]:
 def main() -> int:
     """Worker entry point."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("writer", choices=["local", "remote", "seed"])
+    parser.add_argument("writer", choices=["local", "remote", "seed", "floor"])
     parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("target", help="a file path, or ADDRESS/RUN for the remote writer")
     parser.add_argument("--scale", type=float, default=1.0)

@@ -32,6 +32,10 @@ from benchmarks.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: What ``--only`` can pick: numpy writers (with the bare gRPC stream), the
+#: JAX-state workloads beside the seed, fan-in, and reads.
+SECTIONS = ("writers", "jax_states", "fan_in", "reads")
+
 
 def quiet_disk() -> None:
     """Write back what earlier runs left dirty, so that no run pays for another's writes."""
@@ -228,6 +232,7 @@ JAX_WRITERS = (
     ("local", "local", "auto"),
     ("remote", "remote", "auto"),
     ("seed", "seed", "auto"),
+    ("floor", "floor", "auto"),  # the least a log() can do (benchmarks.jax_states.FloorWriter)
 )
 #: MD also runs per-group extraction (the path before issue 18's fused one).
 JAX_MD_PER_GROUP = (
@@ -278,7 +283,7 @@ def jax_states(
             for column, measured in rows.items()
         }
         for column in rows:
-            if column == "seed" or "seed" not in rows:
+            if column in ("seed", "floor") or "seed" not in rows:
                 continue
             ratios = [
                 s["seconds"] / ours["seconds"]
@@ -432,6 +437,7 @@ def jax_table(jax_results: dict[str, Any]) -> list[str]:
         "JAX states (registered dataclass of jax arrays), us per step "
         "(log() median per group) and the seed's time over ours (min-max):",
         f"  seed writer: {jax_results['seed_writer']}",
+        "  floor: the least a log() can do (flatten, host copies, checks; nothing written)",
     ]
     for name in JAX_WORKLOADS:
         r = jax_results.get(name)
@@ -442,6 +448,7 @@ def jax_table(jax_results: dict[str, Any]) -> list[str]:
             "local",
             "remote",
             "seed",
+            "floor",
             "local_per_group",
             "remote_per_group",
         ):
@@ -471,11 +478,26 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="shrink workloads (1: full)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny workloads, one repeat")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the results (default benchmarks/results.json, "
+        "or results-SECTION.json with --only)",
+    )
     parser.add_argument(
         "--no-seed", action="store_true", help="leave out the seed's writer (kups 1.0.8)"
     )
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        action="append",
+        help="run only this section (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    sections = set(args.only or SECTIONS)
+    if args.json is None:
+        suffix = "" if sections == set(SECTIONS) else "-" + "-".join(sorted(sections))
+        args.json = ROOT / "benchmarks" / f"results{suffix}.json"
     scale, repeats = (0.02, 1) if args.quick else (args.scale, args.repeats)
     data = Path(tempfile.mkdtemp(prefix="trajstore-bench-"))
     store, address = start_store(data / "store")
@@ -483,29 +505,33 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "scale": scale, "repeats": repeats}
     try:
         measure = functools.partial(writers, store.pid, address, data)
-        results["md"] = measure("md", scale, repeats)
-        results["md_zstd"] = measure("md", scale, repeats, zstd=True)
-        results["scalars"] = measure("scalars", scale, repeats)
-        results["big"] = measure("big", scale, repeats)
-        if args.no_seed:
-            seed, why = None, "--no-seed"
-        else:  # made once under .venv-seed/ (Python 3.12 and PyPI); --quick only uses it
-            seed, why = seed_python(ROOT / ".venv-seed", create=not args.quick)
-        results["jax_states"] = jax_states(address, data, scale, repeats, seed)
-        results["jax_states"]["seed_writer"] = (
-            f"kups 1.0.8 ({seed}, {why})" if seed else f"left out: {why}"
-        )
-        total = results["md"]["bytes"]
-        results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
-        results["fan_in"] = fan_in(address, data, scale / 2, 8, repeats)
-        worker("remote", "md", f"{address}/bench/read", "--scale", str(scale))
-        results["reads"] = reads(
-            address,
-            data / "store",
-            "bench/read",
-            samples=50 if args.quick else 200,
-            bare=f"127.0.0.1:{port}",
-        )
+        if "writers" in sections:
+            results["md"] = measure("md", scale, repeats)
+            results["md_zstd"] = measure("md", scale, repeats, zstd=True)
+            results["scalars"] = measure("scalars", scale, repeats)
+            results["big"] = measure("big", scale, repeats)
+            total = results["md"]["bytes"]
+            results["grpc"] = {"mb_s_1mib": total / push(f"127.0.0.1:{port}", total, 1 << 20) / 1e6}
+        if "jax_states" in sections:
+            if args.no_seed:
+                seed, why = None, "--no-seed"
+            else:  # made once under .venv-seed/ (Python 3.12 and PyPI); --quick only uses it
+                seed, why = seed_python(ROOT / ".venv-seed", create=not args.quick)
+            results["jax_states"] = jax_states(address, data, scale, repeats, seed)
+            results["jax_states"]["seed_writer"] = (
+                f"kups 1.0.8 ({seed}, {why})" if seed else f"left out: {why}"
+            )
+        if "fan_in" in sections:
+            results["fan_in"] = fan_in(address, data, scale / 2, 8, repeats)
+        if "reads" in sections:
+            worker("remote", "md", f"{address}/bench/read", "--scale", str(scale))
+            results["reads"] = reads(
+                address,
+                data / "store",
+                "bench/read",
+                samples=50 if args.quick else 200,
+                bare=f"127.0.0.1:{port}",
+            )
     finally:
         sink.kill()
         store.send_signal(signal.SIGTERM)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from trajstore import BackgroundWriter, HDF5StorageReader, HDF5StorageWriter
-from trajstore.errors import NotOpenError, StorageError, TrajstoreError, WriterFailedError
+from trajstore.errors import (
+    GroupNotFoundError,
+    NotOpenError,
+    StorageError,
+    TrajstoreError,
+    WriterFailedError,
+)
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.layout import batch_frames
 from trajstore.store.reader import RunFileReader
@@ -179,6 +185,23 @@ def test_submit_after_close_is_refused(tmp_path):
     writer.close()
     with pytest.raises(NotOpenError):
         writer.submit_frame(0, 0, frame(0))
+
+
+@pytest.mark.parametrize("group", [1, -1])
+def test_a_group_the_file_lacks_is_refused_when_submitted(tmp_path, group):
+    writer = BackgroundWriter(RunFileWriter(tmp_path / "r.h5", SPEC))
+    writer.submit_frame(0, 0, frame(0))
+    with pytest.raises(GroupNotFoundError):  # negative positions do not wrap around
+        writer.submit_frames([(0, 1, frame(1)), (group, 1, frame(1))])
+    with pytest.raises(GroupNotFoundError):
+        writer.submit_block(group, 1, 1, [np.stack(frame(1))])
+    writer.submit_frame(0, 1, frame(2))  # refused calls queued nothing, and the writer goes on
+    writer.close()
+    assert not writer.failed
+    reader = RunFileReader(tmp_path / "r.h5")
+    assert reader.frames(0) == 2
+    assert reader.read(0, [0], slice(None))[0][:, 0].tolist() == [0.0, 2.0]
+    reader.close()
 
 
 def test_reader_of_local_writer_sees_frames_after_flush(tmp_path):

@@ -45,6 +45,7 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path):
             assert {"us_per_step", "log_median_us_per_group", "cpu_s"} <= set(figures)
             assert figures["us_per_step"] > 0
     assert jax_results["md"]["remote_speedup_vs_per_group"] > 0
+    assert jax_results["scalars_one"]["floor"]["log_median_us_per_group"] > 0
     if "seed" in jax_results["scalars_groups"]:
         assert jax_results["scalars_groups"]["local_speedup_vs_seed"] > 0
 

@@ -123,6 +123,22 @@ def test_remote_writer_is_a_logger_and_flush_means_durable(store):
             np.testing.assert_array_equal(energy[:], np.arange(5) * 0.25)
 
 
+@pytest.mark.parametrize("group", [3, -1])
+def test_the_sender_refuses_a_group_the_run_lacks_and_goes_on(store, group):
+    state = md_state()
+    with RemoteStorageWriter(store.address, "a/lacks", md_config(every=1), state, 10) as log:
+        log.log(state, 0)
+        energy = np.float32(1.0)
+        sender = log._sender  # what log() feeds: frames as (group, index, leaves)
+        assert sender is not None
+        with pytest.raises(E.GroupNotFoundError):  # negative positions do not wrap around
+            sender.put_frames([(1, 1, (energy,)), (group, 1, (energy,))])
+        log.log(advance(state, 1), 1)  # the refused call queued nothing
+        log.flush()
+    with HDF5StorageReader(store.run_file("a/lacks")) as reader:
+        assert len(reader.focus_group("group['energy']")) == 2
+
+
 def test_a_256_mib_frame_round_trips(store):
     frame = np.arange(64 << 20, dtype=np.float32).reshape(-1, 4)  # 256 MiB
     config = {"big": WriterGroupConfig(view(lambda s: s), EveryNStep(1), compression=None)}

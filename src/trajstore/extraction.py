@@ -22,6 +22,7 @@ every path writes the same frames, and a bad state fails the same way.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,15 +50,29 @@ class _StepPlan:
         avals: ``(shape, dtype)`` each of them must have for the plan to apply.
         compiled: What the due views compute, as one compiled call (if any).
         owned: Per compiled output, whether it is a fresh buffer (else copied).
-        layout: Per due group, its leaves as positions in the selected
-            leaves followed by the compiled outputs.
+        picks: Per due group, what takes its leaves (a tuple) from the
+            selected leaves followed by the compiled outputs.
     """
 
     sources: tuple[int, ...]
     avals: list[tuple[tuple[int, ...], np.dtype[Any]]]
     compiled: Callable[[list[Any]], Sequence[Any]] | None
     owned: tuple[bool, ...]
-    layout: tuple[tuple[int, ...], ...]
+    picks: tuple[Callable[[tuple[np.ndarray, ...]], tuple[np.ndarray, ...]], ...]
+
+
+#: A set of due groups not planned yet (``None`` is one that has no plan).
+_UNPLANNED: Any = object()
+
+
+def _picker(
+    positions: list[int],
+) -> Callable[[tuple[np.ndarray, ...]], tuple[np.ndarray, ...]]:
+    """What takes the leaves at ``positions`` from a tuple, as a tuple (a slice if it can)."""
+    first = positions[0] if positions else 0
+    if positions == list(range(first, first + len(positions))):
+        return operator.itemgetter(slice(first, first + len(positions)))
+    return operator.itemgetter(*positions)  # not a range: two or more, so a tuple
 
 
 class _NoFastPathError(Exception):
@@ -103,6 +118,10 @@ class FrameExtractor:
             for leaf in leaves
         )
         self._plans: dict[tuple[int, ...], _StepPlan | None] = {}
+        #: Each group with the bound test of its frequency (looked up once).
+        self._schedule = [(g.position, g.logging_frequency.should_log) for g in groups]
+        #: The groups at each set of due positions seen so far.
+        self._due: dict[tuple[int, ...], list[GroupWriters]] = {}
 
     def frames(self, state: Any, step: int) -> list[Frame]:
         """Every frame due at ``step``, as host copies taken now.
@@ -111,23 +130,28 @@ class FrameExtractor:
         (:class:`~trajstore.errors.FrameMismatchError` for a value that does
         not match the run's schema, ...).
         """
-        due = [g for g in self.groups if g.logging_frequency.should_log(step)]
-        if not due:
+        key = tuple([position for position, should_log in self._schedule if should_log(step)])
+        if not key:
             return []
+        due = self._due.get(key)
+        if due is None:
+            due = self._due[key] = [self.groups[position] for position in key]
         indices = [g.time_index(step) for g in due]
         if self.mode != "per_group":
             try:
-                return self._fast(due, indices, state)
+                return self._fast(key, indices, state)
             except _NoFastPathError:
                 pass
         return frames_per_group(due, indices, state)
 
-    def _fast(self, due: list[GroupWriters], indices: list[int], state: Any) -> list[Frame]:
+    def _fast(self, key: tuple[int, ...], indices: list[int], state: Any) -> list[Frame]:
+        """The frames of the groups at ``key`` (due now, at ``indices``) from ``state``."""
         leaves, treedef = jax.tree_util.tree_flatten(state)
         if treedef != self._treedef:
             raise _NoFastPathError
-        key = tuple([g.position for g in due])
-        plan = self._plans[key] if key in self._plans else self._plan(key)
+        plan = self._plans.get(key, _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = self._plan(key)
         if plan is None:
             raise _NoFastPathError
         picked = [leaves[i] for i in plan.sources]
@@ -144,29 +168,30 @@ class FrameExtractor:
             for leaf in (*picked, *computed):
                 if isinstance(leaf, jax.Array):
                     leaf.copy_to_host_async()
-        try:  # host views: their shape and dtype are cheap to read (JAX's are not)
-            views = [np.asarray(leaf) for leaf in picked]
+        try:
+            # Copies, not views: no view of the state's buffer is kept (it
+            # would keep JAX from donating it). Their shape and dtype are cheap
+            # to read (JAX's are not).
+            hosts = [np.array(leaf) for leaf in picked]
         except Exception:  # not an array: per group says why
             raise _NoFastPathError from None
-        if [(view.shape, view.dtype) for view in views] != plan.avals:
+        if [(host.shape, host.dtype) for host in hosts] != plan.avals:
             raise _NoFastPathError
         if not self._async_copies:
             computed = self._call(plan, leaves)
-        # Copies of the views: cheaper than np.array, and no view of the state's
-        # buffer is kept (it would keep JAX from donating it).
-        hosts = [view.copy() for view in views]
         if computed:
             hosts.extend(
                 [
-                    np.asarray(leaf) if owned else np.asarray(leaf).copy()
+                    np.asarray(leaf) if owned else np.array(leaf)
                     for leaf, owned in zip(computed, plan.owned, strict=True)
                 ]
             )
         # Tuples of arrays, which the garbage collector stops tracking at its
         # first pass: frames wait in buffers by the thousand (BENCHMARKS.md, item 24).
+        everything = tuple(hosts)
         return [
-            (g.position, index, tuple([hosts[j] for j in layout]))
-            for g, index, layout in zip(due, indices, plan.layout, strict=True)
+            (position, index, pick(everything))
+            for position, index, pick in zip(key, indices, plan.picks, strict=True)
         ]
 
     @staticmethod
@@ -204,8 +229,8 @@ class FrameExtractor:
             positions.append(places)
             if computed_here:
                 wanted.append((group, computed_here))
-        layout = tuple(
-            tuple([i if selected else len(sources) + i for selected, i in places])
+        picks = tuple(
+            _picker([i if selected else len(sources) + i for selected, i in places])
             for places in positions
         )
         plan: _StepPlan | None
@@ -214,7 +239,7 @@ class FrameExtractor:
         except Exception:  # e.g. views that only trace alone: extract per group
             plan = None
         else:
-            plan = _StepPlan(tuple(sources), avals, compiled, tuple(owned), layout)
+            plan = _StepPlan(tuple(sources), avals, compiled, tuple(owned), picks)
         self._plans[key] = plan
         return plan
 

@@ -52,6 +52,7 @@ from trajstore.blockcodec import OutgoingPart, split_views
 from trajstore.client.journal import JournalBlock, JournalReader, JournalWriter
 from trajstore.client.session import Session, open_retrying
 from trajstore.errors import (
+    GroupNotFoundError,
     JournalError,
     NotOpenError,
     RunLockedError,
@@ -79,10 +80,10 @@ FRAME_WAKE_BYTES = 1 << 20
 
 
 @dataclass
-class _Frame:
-    group: int
-    index: int
-    leaves: Sequence[np.ndarray]
+class _StepFrames:
+    """The frames of one step, ``(group, index, leaves)`` each, as ``log()`` gave them."""
+
+    frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]
     nbytes: int
 
 
@@ -213,10 +214,14 @@ class BlockSender:
             max(1, min(layout.batch_frames(g), BLOCK_TARGET_BYTES // max(g.frame_nbytes, 1)))
             for g in spec.groups
         ]
+        #: Bytes of one frame, per group position (a dict: a position the run
+        #: lacks, negative ones included, is missing rather than wrapped).
+        self._frame_nbytes = {i: g.frame_nbytes for i, g in enumerate(spec.groups)}
         self._cond = threading.Condition()
-        self._inbox: deque[_Frame | _RawBlock | _FlushMarker | object] = deque()
+        self._inbox: deque[_StepFrames | _RawBlock | _FlushMarker | object] = deque()
         self._inbox_bytes = 0  # frame bytes queued since the encoder last took the inbox
         self._encoder_polling = False  # the encoder looks for frames every FRAME_POLL_SECONDS
+        self._encoder_busy = False  # it works on items it took: it looks for more when done
         self._pending = [_Pending() for _ in spec.groups]
         self._pending_bytes = 0
         self._blocks: deque[_Block] = deque()  # sealed, not yet acknowledged
@@ -286,13 +291,39 @@ class BlockSender:
 
         One lock round trip for them all; they wait for room together (a step
         larger than the bound still goes through alone).
+
+        Raises:
+            GroupNotFoundError: A frame names a group the run lacks (nothing
+                is queued).
         """
-        queued = [
-            _Frame(group, index, leaves, sum([leaf.nbytes for leaf in leaves]))
-            for group, index, leaves in frames
-        ]
-        nbytes = sum([frame.nbytes for frame in queued])
+        sizes = self._frame_nbytes  # from the schema: the leaves were checked against it
+        try:
+            nbytes = sum([sizes[group] for group, _, _ in frames])
+        except KeyError as e:
+            raise GroupNotFoundError(f"the run has no group at position {e.args[0]!r}") from None
+        item = _StepFrames(frames, nbytes)
         with self._cond:
+            inbox = self._inbox
+            # The common case, while steps keep coming: room, and the encoder
+            # busy (it takes the inbox when done) or polling with nothing to
+            # wake it for. Otherwise the full path below.
+            if (
+                self._error is None
+                and not self._closed
+                and self._pending_bytes + nbytes <= self.max_pending_bytes
+                and (
+                    self._encoder_busy
+                    or (
+                        self._encoder_polling
+                        and len(inbox) < FRAME_WAKE_ITEMS - 1
+                        and self._inbox_bytes + nbytes < FRAME_WAKE_BYTES
+                    )
+                )
+            ):
+                self._pending_bytes += nbytes
+                self._inbox_bytes += nbytes
+                inbox.append(item)
+                return
             self._check_open()
             while (
                 self._pending_bytes
@@ -302,11 +333,11 @@ class BlockSender:
                 self._cond.wait()
             self.raise_if_failed()
             self._pending_bytes += nbytes
-            self._inbox.extend(queued)
+            inbox.append(item)
             self._inbox_bytes += nbytes
             if (
                 self._encoder_polling
-                and len(self._inbox) < FRAME_WAKE_ITEMS
+                and len(inbox) < FRAME_WAKE_ITEMS
                 and self._inbox_bytes < FRAME_WAKE_BYTES
             ):
                 return  # the encoder finds them within FRAME_POLL_SECONDS
@@ -461,16 +492,18 @@ class BlockSender:
                         wait = self._next_send_due()
                         if wait is not None and wait <= 0:
                             break
+                        self._encoder_busy = False
                         if not self._encoder_polling:
                             self._cond.wait(wait)
                         elif not self._cond.wait(_shorter(wait, FRAME_POLL_SECONDS)):
                             # Nothing came for a whole poll: be woken by the next frame.
                             self._encoder_polling = bool(self._inbox)
+                    self._encoder_busy = True
                     items = list(self._inbox)
                     self._inbox.clear()
                     self._inbox_bytes = 0
                     # Frames keep coming: look for the next ones rather than be woken.
-                    self._encoder_polling = any(isinstance(item, _Frame) for item in items)
+                    self._encoder_polling = any(isinstance(item, _StepFrames) for item in items)
                 for item in items:
                     if item is _END:
                         with self._cond:
@@ -490,8 +523,8 @@ class BlockSender:
                             self._markers.append(item)
                             self._complete_markers()
                             self._cond.notify_all()
-                    elif isinstance(item, _Frame):
-                        self._add(item)
+                    elif isinstance(item, _StepFrames):
+                        self._add_frames(item.frames)
                     elif isinstance(item, _RawBlock):
                         self._add_raw(item)
                 due = self._next_send_due()
@@ -508,19 +541,23 @@ class BlockSender:
             return None
         return min(oldest) + self.send_interval - time.monotonic()
 
-    def _add(self, frame: _Frame) -> None:
-        pending = self._pending[frame.group]
-        if pending.frames and frame.index != pending.start + len(pending.frames):
-            self._seal(frame.group)
-            pending = self._pending[frame.group]
-        if not pending.frames:
-            pending.start = frame.index
-            pending.since = time.monotonic()
-        pending.frames.append(frame.leaves)
-        pending.nbytes += frame.nbytes
-        end = pending.start + len(pending.frames)
-        if len(pending.frames) >= self._batch[frame.group] or end % self._batch[frame.group] == 0:
-            self._seal(frame.group)
+    def _add_frames(self, frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]) -> None:
+        """Add a step's frames to their groups' pending blocks; seal the full ones."""
+        all_pending, batches, sizes = self._pending, self._batch, self._frame_nbytes
+        for group, index, leaves in frames:
+            pending = all_pending[group]
+            if pending.frames and index != pending.start + len(pending.frames):
+                self._seal(group)
+                pending = all_pending[group]
+            if not pending.frames:
+                pending.start = index
+                pending.since = time.monotonic()
+            pending.frames.append(leaves)
+            pending.nbytes += sizes[group]
+            batch = batches[group]
+            count = len(pending.frames)
+            if count >= batch or (pending.start + count) % batch == 0:
+                self._seal(group)
 
     def _add_raw(self, raw: _RawBlock) -> None:
         if self._pending[raw.group].frames:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trajstore.checks import check_positive
-from trajstore.errors import NotOpenError, TrajstoreError, WriterFailedError
+from trajstore.errors import GroupNotFoundError, NotOpenError, TrajstoreError, WriterFailedError
 from trajstore.store import layout
 from trajstore.store.writer import FlushTicket, PreparedBlock, RunFileWriter
 
@@ -113,6 +113,10 @@ class _Buffer:
         return self.start + self.count
 
 
+def _no_group(group: object) -> GroupNotFoundError:
+    return GroupNotFoundError(f"the run file has no group at position {group!r}")
+
+
 def _shorter(timeout: float | None, poll: float) -> float:
     return poll if timeout is None else min(timeout, poll)
 
@@ -155,12 +159,15 @@ class BackgroundWriter:
         self._on_flush = on_flush
         self._on_error = on_error
         self._batch = [layout.batch_frames(g) for g in file.spec.groups]
-        self._frame_nbytes = [g.frame_nbytes for g in file.spec.groups]
+        #: Bytes of one frame, per group position (a dict: a position the
+        #: file lacks, negative ones included, is missing rather than wrapped).
+        self._frame_nbytes = {i: g.frame_nbytes for i, g in enumerate(file.spec.groups)}
         self._buffers = [_Buffer() for _ in file.spec.groups]
         self._queue: deque[_Block | _Frames | _Flush | None] = deque()
         self._queued_bytes = 0  # in the queue, submitted since the thread last took it
         self._queued_at = 0.0  # when the queue last went from empty to not
         self._polling = False  # the thread looks for frames every FRAME_POLL_SECONDS
+        self._busy = False  # the thread works on items it took: it looks for more when done
         self._cond = threading.Condition()
         self._pending_bytes = 0
         self._waiting = 0
@@ -205,6 +212,10 @@ class BackgroundWriter:
 
         One lock round trip for them all; they wait for room together (a step
         larger than the bound still goes through alone).
+
+        Raises:
+            GroupNotFoundError: A frame names a group the file lacks (nothing
+                is queued).
         """
         # One item for the step; its frames keep their tuples of arrays, which the
         # garbage collector stops tracking at its first pass, so thousands of
@@ -213,9 +224,34 @@ class BackgroundWriter:
         sizes = self._frame_nbytes
         try:
             nbytes = sum([sizes[group] for group, _, _ in frames])
-        except IndexError:
-            nbytes = 0  # a group the file lacks: the write reports it
-        self._put(_Frames(frames, nbytes), lazy=True)
+        except KeyError as e:
+            raise _no_group(e.args[0]) from None
+        item = _Frames(frames, nbytes)
+        with self._cond:
+            queue = self._queue
+            # The common case, while steps keep coming: room, and the writing
+            # thread busy (it takes the queue when done) or polling with nothing
+            # to wake it for. Otherwise the full path below.
+            if (
+                self._error is None
+                and not self._closed
+                and self._pending_bytes + nbytes <= self.max_pending_bytes
+                and (
+                    self._busy
+                    or (
+                        self._polling
+                        and len(queue) < FRAME_WAKE_ITEMS - 1
+                        and self._queued_bytes + nbytes < FRAME_WAKE_BYTES
+                    )
+                )
+            ):
+                if not queue:
+                    self._queued_at = time.monotonic()
+                self._pending_bytes += nbytes
+                self._queued_bytes += nbytes
+                queue.append(item)
+                return
+        self._put(item, lazy=True)
 
     def submit_block(
         self,
@@ -231,6 +267,8 @@ class BackgroundWriter:
         ``tag`` (e.g. a block number) is reported to ``on_flush`` once the
         block is durable.
         """
+        if group not in self._frame_nbytes:
+            raise _no_group(group)
         block = _Block(group, start, count, leaves, sum(a.nbytes for a in leaves), tag)
         if self._written_alone(group, count) and self._error is None and not self._closed:
             block.prepared = self.file.prepare_block(group, start, count, leaves)
@@ -346,11 +384,13 @@ class BackgroundWriter:
                     timeout = self._flush_due_in()
                     if timeout is not None and timeout <= 0:
                         break
+                    self._busy = False
                     if not self._polling:
                         self._cond.wait(timeout)
                     elif not self._cond.wait(_shorter(timeout, FRAME_POLL_SECONDS)):
                         # Nothing came for a whole poll: be woken by the next frame.
                         self._polling = bool(self._queue)
+                self._busy = True
                 items = list(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
@@ -501,8 +541,7 @@ class BackgroundWriter:
             self._unflushed_since = time.monotonic()
         self._unflushed_bytes += item.nbytes
         if isinstance(item, _Frames):
-            for group, index, leaves in item.frames:
-                self._add_frame(group, index, leaves)
+            self._add_frames(item.frames)
             return
         if item.tag is not None:
             self._last_tag = item.tag
@@ -514,9 +553,35 @@ class BackgroundWriter:
         # written whole, once, rather than at every block.
         self._append(item.group, item.start, item.count, item.leaves, item.nbytes, frames=False)
 
+    def _add_frames(self, frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]) -> None:
+        """Buffer the frames of one step (see :meth:`_add_frame`).
+
+        The common case -- the next frame of a group whose buffer holds frames
+        and is not full -- is inlined: the writing thread does this for every
+        frame logged, holding the GIL the logging thread needs.
+        """
+        buffers, batches, sizes = self._buffers, self._batch, self._frame_nbytes
+        for group, index, leaves in frames:
+            buffer = buffers[group]  # groups were checked when submitted
+            start = buffer.start
+            if (
+                buffer.frames
+                and buffer.blocks
+                and index == start + buffer.count
+                and type(leaves) is tuple
+            ):
+                buffer.blocks.append(leaves)
+                buffer.count += 1
+                buffer.nbytes += sizes[group]
+                batch = batches[group]
+                if buffer.count >= batch or start // batch != (start + buffer.count) // batch:
+                    self._write_buffer(group)
+            else:
+                self._add_frame(group, index, leaves)
+
     def _add_frame(self, group: int, index: int, leaves: Sequence[np.ndarray]) -> None:
         """Buffer one frame of a step, or write it at once where frames are written alone."""
-        nbytes = self._frame_nbytes[group]  # a group the file lacks fails here, as a block's does
+        nbytes = self._frame_nbytes[group]
         if self._written_alone(group, 1):
             self._write_buffer(group)
             self._write(group, index, 1, [leaf[np.newaxis] for leaf in leaves], nbytes)
@@ -552,10 +617,7 @@ class BackgroundWriter:
 
     def _written_alone(self, group: int, count: int) -> bool:
         """Whether ``count`` frames of ``group`` are written as they are, not merged with others."""
-        groups = self.file.spec.groups
-        if not 0 <= group < len(groups):
-            return False  # the write reports it
-        return count >= self._batch[group] or not groups[group].time_axis
+        return count >= self._batch[group] or not self.file.spec.groups[group].time_axis
 
     def _write_buffer(self, group: int) -> None:
         buffer = self._buffers[group]
