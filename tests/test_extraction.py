@@ -31,6 +31,7 @@ from trajstore import (
 from trajstore import errors as E
 from trajstore.extraction import EXTRACTIONS
 from trajstore.groups import prepare_groups
+from trajstore.store.layout import MAX_FRAMES
 
 #: Dtypes JAX keeps as they are without x64.
 DTYPES = [np.float32, np.int32, np.int8, np.uint8, np.uint32, np.float16, np.bool_, np.complex64]
@@ -232,6 +233,19 @@ def test_frames_survive_the_state_being_donated(mode, tmp_path):
         )
         np.testing.assert_array_equal(reader.focus_group("group['energy']")[:], range(6))
         np.testing.assert_array_equal(reader.focus_group("group['twice']")[:][:, 0, 0], [0, 4, 8])
+
+
+@pytest.mark.parametrize("mode", EXTRACTIONS)
+def test_a_step_past_the_last_frame_is_refused_and_takes_nothing(mode, tmp_path):
+    """Frame indices stop at MAX_FRAMES - 1 for every group, whichever path runs."""
+    last = MAX_FRAMES - 1  # the last frame of the groups logged every step
+    with HDF5StorageWriter(tmp_path / "r.h5", CONFIG, good_state(0), 4, extraction=mode) as writer:
+        writer.log(good_state(0), 0)
+        with pytest.raises(E.StepOrderError, match="would be frame"):
+            writer.log(good_state(1), last + 1)
+        writer.log(good_state(1), 1)  # a refused step stays free
+    with HDF5StorageReader(tmp_path / "r.h5") as reader:
+        np.testing.assert_array_equal(reader.focus_group("group['energy']")[:], [0, 1])
 
 
 def test_an_unknown_extraction_is_refused(tmp_path):

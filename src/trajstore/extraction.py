@@ -30,7 +30,9 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from trajstore.frequency import EveryNStep
 from trajstore.groups import Frame, GroupWriters, frames_per_group
+from trajstore.store.layout import MAX_FRAMES
 
 __all__ = ["EXTRACTIONS", "Extraction", "FrameExtractor"]
 
@@ -73,6 +75,19 @@ def _picker(
     if positions == list(range(first, first + len(positions))):
         return operator.itemgetter(slice(first, first + len(positions)))
     return operator.itemgetter(*positions)  # not a range: two or more, so a tuple
+
+
+def _every_n(groups: list[GroupWriters]) -> tuple[tuple[int, ...], int] | None:
+    """Each group's ``n`` if all log with :class:`EveryNStep`, and the first step past their frames.
+
+    Their frame at a step is then ``step // n``; from that step on, one of them
+    would pass :data:`MAX_FRAMES` and :meth:`GroupWriters.time_index` says so.
+    """
+    frequencies = [g.logging_frequency for g in groups]
+    if not all(type(f) is EveryNStep for f in frequencies):
+        return None
+    every = tuple([f.n for f in frequencies])  # type: ignore[attr-defined]
+    return every, MAX_FRAMES * min(every)
 
 
 class _NoFastPathError(Exception):
@@ -122,6 +137,8 @@ class FrameExtractor:
         self._schedule = [(g.position, g.logging_frequency.should_log) for g in groups]
         #: The groups at each set of due positions seen so far.
         self._due: dict[tuple[int, ...], list[GroupWriters]] = {}
+        #: Per set of due positions, see :func:`_every_n`.
+        self._every_n: dict[tuple[int, ...], tuple[tuple[int, ...], int] | None] = {}
 
     def frames(self, state: Any, step: int) -> list[Frame]:
         """Every frame due at ``step``, as host copies taken now.
@@ -136,7 +153,12 @@ class FrameExtractor:
         due = self._due.get(key)
         if due is None:
             due = self._due[key] = [self.groups[position] for position in key]
-        indices = [g.time_index(step) for g in due]
+            self._every_n[key] = _every_n(due)
+        every_n = self._every_n[key]
+        if every_n is not None and step < every_n[1]:
+            indices = [step // n for n in every_n[0]]  # EveryNStep.dataset_index, inlined
+        else:
+            indices = [g.time_index(step) for g in due]
         if self.mode != "per_group":
             try:
                 return self._fast(key, indices, state)

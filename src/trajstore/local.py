@@ -41,6 +41,9 @@ class StepClock:
 
     def check(self, step: int) -> int:
         """Validate ``step``; return it as an ``int``."""
+        last = self.last
+        if type(step) is int and step >= 0 and (last is None or step > last):
+            return step  # the common case, checked at every log()
         if isinstance(step, bool | np.bool_):
             raise StepOrderError(f"step must be an integer, got {step!r}")
         try:
