@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from trajstore import EveryNStep, WriterGroupConfig, view
-from trajstore.client.sender import SMALL_FRAME_BYTES, block_buffers
+from trajstore.client.batching import SMALL_FRAME_BYTES, block_buffers
 from trajstore.groups import extract_frames, prepare_groups
 from trajstore.schema import GroupSpec, LeafSpec, RunSpec
 from trajstore.store.background import BackgroundWriter

@@ -1,5 +1,9 @@
 """The remote writer's background half: frames to blocks, blocks to the wire, acks back.
 
+An encoder thread turns each step's frames into blocks
+(:class:`~trajstore.client.batching.FrameBatcher`); a stream thread sends
+them and takes the store's acknowledgements.
+
 The contract mirrors :class:`~trajstore.store.background.BackgroundWriter`:
 :meth:`BlockSender.put_frame` takes host arrays and returns at once unless
 more than ``max_pending_bytes`` are logged but not yet acknowledged as
@@ -49,6 +53,7 @@ from tenacity.stop import stop_base
 
 from trajstore import wire
 from trajstore.blockcodec import OutgoingPart, split_views
+from trajstore.client.batching import FrameBatcher
 from trajstore.client.journal import JournalBlock, JournalReader, JournalWriter
 from trajstore.client.session import Session, open_retrying
 from trajstore.errors import (
@@ -60,15 +65,11 @@ from trajstore.errors import (
     UnavailableError,
 )
 from trajstore.schema import RunSpec
-from trajstore.store import layout
 from trajstore.v1 import ingest_pb2 as pb
 
-__all__ = ["SMALL_FRAME_BYTES", "BlockSender", "block_buffers"]
+__all__ = ["BlockSender"]
 
 log = logging.getLogger("trajstore.client")
-
-#: A block aims at this many bytes (fewer when a group's batch is smaller).
-BLOCK_TARGET_BYTES = 4 << 20
 
 #: While frames keep coming, the encoder looks for them this often (seconds)
 #: rather than being woken -- with every other thread waiting on the lock --
@@ -102,41 +103,6 @@ class _RawBlock:
 class _FlushMarker:
     done: threading.Event = field(default_factory=threading.Event)
     target: int = -1  # block to wait for; set by the encoder
-
-
-#: Frames of a leaf up to this size are joined into one array per block when
-#: it is sealed; larger ones travel as views of their host copies.
-SMALL_FRAME_BYTES = 16 << 10
-
-
-def block_buffers(frames: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
-    """The bytes of a block of ``frames`` in its layout: leaf by leaf, frame by frame.
-
-    Frames of a leaf larger than :data:`SMALL_FRAME_BYTES` are returned as they
-    are (views of the host copies, copied once, when sent); smaller ones are
-    joined into one array per leaf. A block of thousands of scalar frames then
-    holds a few objects until it is acknowledged rather than one per frame and
-    leaf: objects that live that long make Python's full garbage collections
-    -- which walk every object of the process, JAX's modules included, ~70 ms
-    each -- more frequent; the scalar workload spent a third of its time in
-    them (BENCHMARKS.md, item 24).
-    """
-    buffers: list[np.ndarray] = []
-    for i in range(len(frames[0]) if frames else 0):
-        column = [leaves[i] for leaves in frames]
-        if len(column) > 1 and column[0].nbytes <= SMALL_FRAME_BYTES:
-            buffers.append(np.array(column, dtype=column[0].dtype))
-        else:
-            buffers.extend(column)
-    return buffers
-
-
-@dataclass
-class _Pending:
-    start: int = 0
-    frames: list[Sequence[np.ndarray]] = field(default_factory=list)
-    nbytes: int = 0
-    since: float = 0.0
 
 
 @dataclass
@@ -210,19 +176,13 @@ class BlockSender:
         self._reopen = reopen
         self._metadata = metadata
         self._session = session
-        self._batch = [
-            max(1, min(layout.batch_frames(g), BLOCK_TARGET_BYTES // max(g.frame_nbytes, 1)))
-            for g in spec.groups
-        ]
-        #: Bytes of one frame, per group position (a dict: a position the run
-        #: lacks, negative ones included, is missing rather than wrapped).
-        self._frame_nbytes = {i: g.frame_nbytes for i, g in enumerate(spec.groups)}
+        self._batcher = FrameBatcher(spec, self._enqueue_frames)  # the encoder's own
+        self._frame_nbytes = self._batcher.frame_nbytes
         self._cond = threading.Condition()
         self._inbox: deque[_StepFrames | _RawBlock | _FlushMarker | object] = deque()
         self._inbox_bytes = 0  # frame bytes queued since the encoder last took the inbox
         self._encoder_polling = False  # the encoder looks for frames every FRAME_POLL_SECONDS
         self._encoder_busy = False  # it works on items it took: it looks for more when done
-        self._pending = [_Pending() for _ in spec.groups]
         self._pending_bytes = 0
         self._blocks: deque[_Block] = deque()  # sealed, not yet acknowledged
         self._markers: list[_FlushMarker] = []
@@ -511,7 +471,7 @@ class BlockSender:
                             self._cond.notify_all()
                         return
                     if isinstance(item, _FlushMarker):
-                        self._seal_all()
+                        self._batcher.seal_all()
                         with self._cond:
                             item.target = self._next_block - 1
                             if self._spilling and self._journal is not None:
@@ -524,60 +484,35 @@ class BlockSender:
                             self._complete_markers()
                             self._cond.notify_all()
                     elif isinstance(item, _StepFrames):
-                        self._add_frames(item.frames)
+                        self._batcher.add(item.frames)
                     elif isinstance(item, _RawBlock):
                         self._add_raw(item)
                 due = self._next_send_due()
                 if due is not None and due <= 0:
-                    self._seal_all(only_due=True)
+                    self._batcher.seal_all(older_than=self.send_interval)
         except TrajstoreError as e:  # e.g. the journal could not be written
             self._fail(e, unprocessed=items)
         except Exception as e:  # encoding must never die silently
             self._fail(TrajstoreError(f"encoding frames failed: {e!r}"), unprocessed=items)
 
     def _next_send_due(self) -> float | None:
-        oldest = [p.since for p in self._pending if p.frames]
-        if not oldest:
+        oldest = self._batcher.oldest()
+        if oldest is None:
             return None
-        return min(oldest) + self.send_interval - time.monotonic()
-
-    def _add_frames(self, frames: Sequence[tuple[int, int, Sequence[np.ndarray]]]) -> None:
-        """Add a step's frames to their groups' pending blocks; seal the full ones."""
-        all_pending, batches, sizes = self._pending, self._batch, self._frame_nbytes
-        for group, index, leaves in frames:
-            pending = all_pending[group]
-            if pending.frames and index != pending.start + len(pending.frames):
-                self._seal(group)
-                pending = all_pending[group]
-            if not pending.frames:
-                pending.start = index
-                pending.since = time.monotonic()
-            pending.frames.append(leaves)
-            pending.nbytes += sizes[group]
-            batch = batches[group]
-            count = len(pending.frames)
-            if count >= batch or (pending.start + count) % batch == 0:
-                self._seal(group)
+        return oldest + self.send_interval - time.monotonic()
 
     def _add_raw(self, raw: _RawBlock) -> None:
-        if self._pending[raw.group].frames:
-            self._seal(raw.group)
+        self._batcher.seal(raw.group)  # blocks stay in order
         array = np.frombuffer(raw.payload, np.uint8)
         parts = list(split_views([array], self._session.part_bytes))
         self._enqueue(raw.group, raw.start, raw.count, parts, len(raw.payload), raw.actual_steps)
 
-    def _seal_all(self, *, only_due: bool = False) -> None:
-        now = time.monotonic()
-        for group, pending in enumerate(self._pending):
-            if pending.frames and (not only_due or now - pending.since >= self.send_interval):
-                self._seal(group)
-
-    def _seal(self, group: int) -> None:
-        pending = self._pending[group]
-        self._pending[group] = _Pending()
-        count = len(pending.frames)
-        parts = list(split_views(block_buffers(pending.frames), self._session.part_bytes))
-        self._enqueue(group, pending.start, count, parts, pending.nbytes, self.actual_steps)
+    def _enqueue_frames(
+        self, group: int, start: int, count: int, buffers: list[np.ndarray], nbytes: int
+    ) -> None:
+        """Queue a block the batcher sealed, in parts the current session takes."""
+        parts = list(split_views(buffers, self._session.part_bytes))
+        self._enqueue(group, start, count, parts, nbytes, self.actual_steps)
 
     def _enqueue(
         self,
