@@ -133,6 +133,8 @@ def test_the_sender_refuses_a_group_the_run_lacks_and_goes_on(store, group):
         assert sender is not None
         with pytest.raises(E.GroupNotFoundError):  # negative positions do not wrap around
             sender.put_frames([(1, 1, (energy,)), (group, 1, (energy,))])
+        with pytest.raises(E.GroupNotFoundError):
+            sender.put_block(group, 1, 1, energy.tobytes(), 2)
         log.log(advance(state, 1), 1)  # the refused call queued nothing
         log.flush()
     with HDF5StorageReader(store.run_file("a/lacks")) as reader:

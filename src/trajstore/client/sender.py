@@ -127,6 +127,10 @@ class _StreamBrokeError(Exception):
 _RETRIABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
+def _no_group(group: object) -> GroupNotFoundError:
+    return GroupNotFoundError(f"the run has no group at position {group!r}")
+
+
 def _shorter(timeout: float | None, poll: float) -> float:
     return poll if timeout is None else min(timeout, poll)
 
@@ -260,7 +264,7 @@ class BlockSender:
         try:
             nbytes = sum([sizes[group] for group, _, _ in frames])
         except KeyError as e:
-            raise GroupNotFoundError(f"the run has no group at position {e.args[0]!r}") from None
+            raise _no_group(e.args[0]) from None
         item = _StepFrames(frames, nbytes)
         with self._cond:
             inbox = self._inbox
@@ -306,7 +310,13 @@ class BlockSender:
     def put_block(
         self, group: int, start: int, count: int, payload: bytes, actual_steps: int
     ) -> None:
-        """Queue a block encoded elsewhere (its frames' leaves concatenated), in order."""
+        """Queue a block encoded elsewhere (its frames' leaves concatenated), in order.
+
+        Raises:
+            GroupNotFoundError: ``group`` is not a group of the run.
+        """
+        if group not in self._frame_nbytes:
+            raise _no_group(group)
         with self._cond:
             self._check_open()
             while (
