@@ -133,7 +133,7 @@ class FrameExtractor:
             for leaf in leaves
         )
         self._plans: dict[tuple[int, ...], _StepPlan | None] = {}
-        #: Each group with the bound test of its frequency (looked up once).
+        #: Each group's position with the bound test of its frequency (looked up once).
         self._schedule = [(g.position, g.logging_frequency.should_log) for g in groups]
         #: The groups at each set of due positions seen so far.
         self._due: dict[tuple[int, ...], list[GroupWriters]] = {}
