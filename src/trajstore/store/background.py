@@ -112,6 +112,13 @@ class _Buffer:
     def stop(self) -> int:
         return self.start + self.count
 
+    def add(self, leaves: Sequence[np.ndarray], count: int, nbytes: int, batch: int) -> bool:
+        """Append ``count`` frames; whether the buffer now ends a batch (write it)."""
+        self.blocks.append(leaves)
+        self.count += count
+        self.nbytes += nbytes
+        return self.count >= batch or self.start // batch != (self.start + self.count) // batch
+
 
 def _no_group(group: object) -> GroupNotFoundError:
     return GroupNotFoundError(f"the run file has no group at position {group!r}")
@@ -563,18 +570,13 @@ class BackgroundWriter:
         buffers, batches, sizes = self._buffers, self._batch, self._frame_nbytes
         for group, index, leaves in frames:
             buffer = buffers[group]  # groups were checked when submitted
-            start = buffer.start
             if (
                 buffer.frames
                 and buffer.blocks
-                and index == start + buffer.count
+                and index == buffer.start + buffer.count
                 and type(leaves) is tuple
             ):
-                buffer.blocks.append(leaves)
-                buffer.count += 1
-                buffer.nbytes += sizes[group]
-                batch = batches[group]
-                if buffer.count >= batch or start // batch != (start + buffer.count) // batch:
+                if buffer.add(leaves, 1, sizes[group], batches[group]):
                     self._write_buffer(group)
             else:
                 self._add_frame(group, index, leaves)
@@ -608,11 +610,7 @@ class BackgroundWriter:
         if not buffer.blocks:
             buffer.start = start
             buffer.frames = frames
-        buffer.blocks.append(leaves)
-        buffer.count += count
-        buffer.nbytes += nbytes
-        batch = self._batch[group]
-        if buffer.count >= batch or buffer.start // batch != buffer.stop // batch:
+        if buffer.add(leaves, count, nbytes, self._batch[group]):
             self._write_buffer(group)
 
     def _written_alone(self, group: int, count: int) -> bool:
