@@ -38,20 +38,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.run import ROOT, aggregate_bytes_per_second, cpu_seconds, fan_in_round, machine
+from trajstore.server.launch import spawn_store
 
 #: Worker command (module and arguments before the target) of each workload.
 WORKLOADS: dict[str, tuple[str, ...]] = {
     "md": ("benchmarks.workloads", "remote", "md"),
     "jax_md": ("benchmarks.jax_states", "remote", "md"),
 }
-
-_READY = "trajstore serving on "
 
 
 class StoreProcesses:
@@ -60,42 +58,7 @@ class StoreProcesses:
     def __init__(self, count: int, data_dir: Path) -> None:
         self.count = count
         self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trajstore",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--listen",
-                "127.0.0.1:0",
-                "--processes",
-                str(count),
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.address = self._wait_until_serving()
-        # Keep reading what it prints, so that a full pipe never blocks it.
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_until_serving(self) -> str:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # the supervisor prints each process's line first
-            if line.startswith(_READY):
-                return line[len(_READY) :].split()[0]
-        self.process.wait(60)
-        raise RuntimeError(f"serve --processes {self.count} exited with {self.process.returncode}")
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for _ in self.process.stdout:
-            pass
+        self.process, self.address = spawn_store(data_dir, "--processes", str(count), cwd=ROOT)
 
     def pids(self) -> list[int]:
         """The supervisor (or the single store) and every process it started."""

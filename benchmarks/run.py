@@ -29,6 +29,7 @@ from benchmarks.grpc_baseline import pull, push, round_trip, stream_round_trip
 from benchmarks.jax_states import WORKLOADS as JAX_WORKLOADS
 from benchmarks.jax_states import seed_python
 from benchmarks.workloads import workload
+from trajstore.server.launch import spawn_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,24 +73,7 @@ def start(command: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 def start_store(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """``trajstore serve`` on loopback port 0 keeping runs in ``data_dir``; it and its address."""
-    store, line = start(
-        [
-            sys.executable,
-            "-m",
-            "trajstore",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-        ]
-    )
-    if not line.startswith("trajstore serving on "):
-        store.kill()
-        raise SystemExit(f"the store did not start: {line!r}")
-    return store, line.split()[3]
+    return spawn_store(data_dir, cwd=ROOT)
 
 
 def cpu_seconds(pid: int) -> float:

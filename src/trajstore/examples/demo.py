@@ -16,31 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from trajstore.server.launch import spawn_store
+
 __all__ = ["run_demo"]
-
-
-def _start_store(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    store = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trajstore",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = store.stdout.readline() if store.stdout is not None else ""
-    if not line.startswith("trajstore serving on "):
-        store.kill()
-        raise RuntimeError(f"the store did not start: {line!r}")
-    return store, line.split()[3]
 
 
 def run_demo(
@@ -57,7 +35,7 @@ def run_demo(
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     started = time.monotonic()
     created_after = time.time() - 1  # runs a reused data dir holds from before are not ours
-    store, address = _start_store(data)
+    store, address = spawn_store(data)
     print(f"demo: store on {address}, data in {data}")
     processes: list[subprocess.Popen[str]] = []
     try:

@@ -38,6 +38,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trajstore.server.launch import READY_PREFIX
+
 __all__ = ["SUPERVISOR_ENV", "Supervisor", "process_listens"]
 
 log = logging.getLogger("trajstore.server")
@@ -52,8 +54,6 @@ START_TIMEOUT = 120.0
 #: after a pause that doubles each time (up to :data:`MAX_RESTART_PAUSE`).
 QUICK_DEATH_SECONDS = 10.0
 MAX_RESTART_PAUSE = 30.0
-
-_READY = "trajstore serving on "
 
 
 def _with_port(address: str, offset: int) -> str:
@@ -167,8 +167,8 @@ class Supervisor:
         if out is None:
             return
         for line in out:
-            if line.startswith(_READY) and not slot.ready.is_set():
-                slot.address = line[len(_READY) :].split()[0]
+            if line.startswith(READY_PREFIX) and not slot.ready.is_set():
+                slot.address = line[len(READY_PREFIX) :].split()[0]
                 print(
                     f"trajstore: process {slot.number} (pid {process.pid}) serving on "
                     f"{slot.address}",
