@@ -67,7 +67,9 @@ def spawn_store(
         env=None if env is None else {**os.environ, **env},
     )
     output = process.stdout
-    assert output is not None
+    if output is None:  # stdout=PIPE always gives one; for the type checker
+        process.kill()
+        raise RuntimeError("trajstore serve was started without its output")
     for line in output:  # a supervisor (--processes) prints its processes' lines first
         if line.startswith(READY_PREFIX):
             threading.Thread(
