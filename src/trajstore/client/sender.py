@@ -299,12 +299,12 @@ class BlockSender:
             self._pending_bytes += nbytes
             inbox.append(item)
             self._inbox_bytes += nbytes
-            if (
+            if self._encoder_busy or (
                 self._encoder_polling
                 and len(inbox) < FRAME_WAKE_ITEMS
                 and self._inbox_bytes < FRAME_WAKE_BYTES
             ):
-                return  # the encoder finds them within FRAME_POLL_SECONDS
+                return  # the encoder takes them when done, or within FRAME_POLL_SECONDS
             self._cond.notify_all()
 
     def put_block(

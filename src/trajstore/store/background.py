@@ -117,7 +117,7 @@ class _Buffer:
         self.blocks.append(leaves)
         self.count += count
         self.nbytes += nbytes
-        return self.count >= batch or self.start // batch != (self.start + self.count) // batch
+        return self.count >= batch or self.start // batch != self.stop // batch
 
 
 def _no_group(group: object) -> GroupNotFoundError:
@@ -345,13 +345,15 @@ class BackgroundWriter:
                 self._queued_at = time.monotonic()
             self._queue.extend(items)
             self._queued_bytes += nbytes
-            if (
-                lazy
-                and self._polling
-                and len(self._queue) < FRAME_WAKE_ITEMS
-                and self._queued_bytes < FRAME_WAKE_BYTES
+            if lazy and (
+                self._busy
+                or (
+                    self._polling
+                    and len(self._queue) < FRAME_WAKE_ITEMS
+                    and self._queued_bytes < FRAME_WAKE_BYTES
+                )
             ):
-                return  # the writing thread finds them within FRAME_POLL_SECONDS
+                return  # the writing thread takes them when done, or within FRAME_POLL_SECONDS
             self._cond.notify_all()
 
     # ------------------------------------------------------ background thread
